@@ -1,0 +1,284 @@
+"""SpecEngine: continuous batching of speculative decoding over a Drafter and a Verifier.
+
+Every `step` admits waiting requests (one batched prefill), then runs one round for the whole running
+batch: propose -> budget policy -> verify -> commit and stream. Requests join and leave between
+rounds. Any thread may add or abort requests: those calls only enqueue, and `step` applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+
+from specserve.decoding.budget import BudgetPolicy, FixedK
+from specserve.decoding.sampling import SamplingParams
+from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
+from specserve.engine.detokenizer import IncrementalDetokenizer
+from specserve.engine.request import Request, RequestOutput, Status
+from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest
+from specserve.errors import ContextLengthError, IncompatibleDrafterError, InvalidRequestError
+
+log = logging.getLogger(__name__)
+
+_NO_DRAFT = DraftBlock(ids=[])
+
+
+class SpecEngine:
+    """Serves many requests at once with one verifier and (optionally) one drafter."""
+
+    def __init__(self, verifier: Verifier, drafter: Drafter | None = None, policy: BudgetPolicy | None = None,
+                 tokenizer=None, max_batch: int = 32):
+        if drafter is not None and drafter.vocab_size not in (None, verifier.vocab_size):
+            raise IncompatibleDrafterError(f"drafter vocab_size {drafter.vocab_size} does not match the "
+                                           f"target's vocab_size {verifier.vocab_size}")
+        if max_batch < 1:
+            raise InvalidRequestError("max_batch", f"must be >= 1, got {max_batch}")
+        self.verifier = verifier
+        self.drafter = drafter
+        self.policy = policy or FixedK(drafter.max_block if drafter is not None else 0)
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.eos_token_ids = frozenset(verifier.eos_token_ids)
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._detok: dict[str, IncrementalDetokenizer] = {}
+        self._drafting: set[str] = set()  # requests whose drafter session is healthy
+
+    # ---- requests in ----------------------------------------------------------------------------
+    def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
+                    request_id: str | None = None,
+                    on_output: Callable[[RequestOutput], None] | None = None) -> Request:
+        """Validate and enqueue a request; it is admitted at the next `step`. Thread-safe."""
+        params = params or SamplingParams()
+        prompt = self._check_prompt(prompt_ids)
+        if params.seed is None:
+            params = _with_seed(params, secrets.randbits(63))
+        if params.stop and self.tokenizer is None:
+            raise InvalidRequestError("stop", "stop strings need a tokenizer; this engine has none")
+        request = Request(id=request_id or uuid.uuid4().hex, prompt_ids=prompt, params=params, on_output=on_output)
+        self._inbox.put(("add", request))
+        return request
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request at the next step (waiting or running). Thread-safe."""
+        self._inbox.put(("abort", request_id))
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or not self._inbox.empty())
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[Request]:
+        """Run a list of prompts to completion (offline use, tests, benchmarks)."""
+        per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        requests = [self.add_request(p, sp) for p, sp in zip(prompts, per)]
+        while self.has_unfinished():
+            self.step()
+        return requests
+
+    def _check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        prompt = list(prompt_ids)
+        if not prompt:
+            raise InvalidRequestError("prompt", "must contain at least one token")
+        vocab = self.verifier.vocab_size
+        bad = [t for t in prompt if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError("prompt", f"token ids must be integers in [0, {vocab}), got {bad[:5]}")
+        if len(prompt) >= self.verifier.max_context:
+            raise ContextLengthError("prompt", f"{len(prompt)} tokens do not fit the context window of "
+                                     f"{self.verifier.max_context} (at least one token must be generated)")
+        return prompt
+
+    # ---- the step -------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Apply queued adds/aborts, admit what fits, run one speculative round. Returns the deltas."""
+        outputs: list[RequestOutput] = []
+        self._drain_inbox(outputs)
+        self._admit(outputs)
+        if self.running:
+            self._round(outputs)
+        return outputs
+
+    def _drain_inbox(self, outputs: list[RequestOutput]) -> None:
+        while not self._inbox.empty():
+            kind, item = self._inbox.get()
+            if kind == "add":
+                self.waiting.append(item)
+                continue
+            for r in [*self.waiting, *self.running]:
+                if r.id == item:
+                    if r.status is Status.WAITING:
+                        self.waiting.remove(r)
+                    self._finish(r, "abort", outputs)
+
+    def _admit(self, outputs: list[RequestOutput]) -> None:
+        batch = []
+        while self.waiting and len(self.running) + len(batch) < self.max_batch:
+            batch.append(self.waiting.popleft())
+        if not batch:
+            return
+        try:
+            opened = self.verifier.open([OpenRequest(r.id, r.prompt_ids, r.params) for r in batch])
+        except Exception as exc:  # one bad batch must not take the loop down
+            log.exception("prefill failed for %d requests", len(batch))
+            for r in batch:
+                self._finish(r, "error", outputs, error=str(exc))
+            return
+        for r, res in zip(batch, opened):
+            r.status = Status.RUNNING
+            self.running.append(r)
+            if self.tokenizer is not None:
+                self._detok[r.id] = IncrementalDetokenizer(self.tokenizer, r.params.stop)
+            self._open_drafter(r, res.token, res.taps)
+            self._commit(r, [res.token], outputs)
+
+    def _open_drafter(self, r: Request, first_token: int, taps: torch.Tensor | None) -> None:
+        if self.drafter is None or self.policy.max_draft == 0:
+            return
+        try:
+            self.drafter.open(r.id, [*r.prompt_ids, first_token], taps)
+            self._drafting.add(r.id)
+        except Exception:
+            log.exception("drafter open failed for %s; it decodes without drafts", r.id)
+
+    def _round(self, outputs: list[RequestOutput]) -> None:
+        batch = list(self.running)
+        blocks = self._propose(batch)
+        budgets = self.policy.budget([len(b.ids) for b in blocks], [b.confidence for b in blocks],
+                                     self.verifier.load() if self._policy_needs_load() else None)
+        items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
+                               position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets)]
+        try:
+            results = self.verifier.verify(items)
+        except Exception as exc:
+            log.exception("verification failed for a batch of %d", len(batch))
+            for r in batch:
+                self._finish(r, "error", outputs, error=str(exc))
+            return
+        for r, block, n, res in zip(batch, blocks, budgets, results):
+            committed = self._round_length(res.tokens, r.params)
+            r.stats.record_round(drafted=len(block.ids), verified=n, accepted=min(res.accepted, committed),
+                                 committed=committed)
+            if r.id in self._drafting:
+                r.unsent_ids.extend(res.tokens)
+                if res.taps is not None:
+                    r.unsent_taps = res.taps if r.unsent_taps is None else torch.cat([r.unsent_taps, res.taps])
+            self._commit(r, res.tokens, outputs)
+
+    def _propose(self, batch: list[Request]) -> list[DraftBlock]:
+        cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
+        asked = [r for r in batch if r.id in self._drafting]
+        if cap == 0 or not asked:
+            return [_NO_DRAFT] * len(batch)
+        items = [DraftRequest(session=r.id, new_ids=r.unsent_ids, committed_len=r.committed_len,
+                              max_tokens=self._draft_room(r, cap), sampling=r.params,
+                              position=len(r.output_ids), new_taps=r.unsent_taps) for r in asked]
+        try:
+            blocks = self.drafter.propose(items)
+        except Exception:
+            log.exception("drafter failed for %d requests; they continue without drafts", len(asked))
+            for r in asked:
+                self._drop_drafter(r)
+            return [_NO_DRAFT] * len(batch)
+        by_id = {}
+        for r, block in zip(asked, blocks):
+            r.unsent_ids, r.unsent_taps = [], None
+            if block.error is not None:
+                log.warning("drafter refused %s (%s); it continues without drafts", r.id, block.error)
+                self._drop_drafter(r)
+                block = _NO_DRAFT
+            by_id[r.id] = block
+        return [by_id.get(r.id, _NO_DRAFT) for r in batch]
+
+    def _draft_room(self, r: Request, cap: int) -> int:
+        """Drafts that can still be committed: one slot is kept for the bonus token."""
+        remaining = r.params.max_tokens - len(r.output_ids) - 1
+        context = self.verifier.max_context - r.committed_len
+        return max(0, min(cap, remaining, context))
+
+    def _policy_needs_load(self) -> bool:
+        return not isinstance(self.policy, FixedK)
+
+    def _round_length(self, tokens: list[int], params: SamplingParams) -> int:
+        """Tokens a round counts toward τ: up to and including an accepted stop token (no bonus after it)."""
+        for i, t in enumerate(tokens):
+            if self._is_stop_token(t, params):
+                return i + 1
+        return len(tokens)
+
+    def _is_stop_token(self, token: int, params: SamplingParams) -> bool:
+        return (token in self.eos_token_ids and not params.ignore_eos) or token in params.stop_token_ids
+
+    # ---- committing and finishing ---------------------------------------------------------------
+    def _commit(self, r: Request, tokens: list[int], outputs: list[RequestOutput]) -> None:
+        if r.stats.first_token is None:
+            r.stats.first_token = time.perf_counter()
+        new: list[int] = []
+        reason = None
+        for t in tokens:
+            r.output_ids.append(t)
+            new.append(t)
+            if self._is_stop_token(t, r.params):
+                reason = "stop"
+            elif len(r.output_ids) >= r.params.max_tokens or r.committed_len >= self.verifier.max_context:
+                reason = "length"
+            if reason:
+                break
+        text = ""
+        detok = self._detok.get(r.id)
+        if detok is not None:
+            text, hit = detok.push(r.output_ids)
+            if hit:
+                reason = "stop"
+            elif reason:
+                text += detok.flush()
+            r.text = detok.text
+        if reason:
+            self._finish(r, reason, outputs, new_ids=new, new_text=text)
+        else:
+            self._emit(r, RequestOutput(r.id, new, text, finished=False), outputs)
+
+    def _finish(self, r: Request, reason: str, outputs: list[RequestOutput], new_ids: list[int] | None = None,
+                new_text: str = "", error: str | None = None) -> None:
+        if r.status is Status.RUNNING:
+            self.running.remove(r)
+            self._close_sessions(r)
+        r.status, r.finish_reason, r.error = Status.FINISHED, reason, error
+        r.stats.finished = time.perf_counter()
+        self._detok.pop(r.id, None)
+        self._emit(r, RequestOutput(r.id, new_ids or [], new_text, True, reason, error), outputs)
+
+    def _close_sessions(self, r: Request) -> None:
+        try:
+            self.verifier.close(r.id)
+        except Exception:
+            log.exception("verifier close failed for %s", r.id)
+        self._drop_drafter(r)
+
+    def _drop_drafter(self, r: Request) -> None:
+        if r.id in self._drafting:
+            self._drafting.discard(r.id)
+            r.unsent_ids, r.unsent_taps = [], None
+            try:
+                self.drafter.close(r.id)
+            except Exception:
+                log.exception("drafter close failed for %s", r.id)
+
+    @staticmethod
+    def _emit(r: Request, out: RequestOutput, outputs: list[RequestOutput]) -> None:
+        outputs.append(out)
+        if r.on_output is not None:
+            r.on_output(out)
+
+
+def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, seed=seed)
