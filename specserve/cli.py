@@ -1,0 +1,148 @@
+"""`specserve` command line. Each subcommand is a small function; errors a user can fix exit with code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+from specserve.errors import SpecServeError
+
+log = logging.getLogger("specserve")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate text from a prompt with speculative decoding",
+        description="Generate from one prompt with the target model, speculating with the chosen drafter. "
+                    "Greedy output is token-for-token the target's own greedy decoding; sampled output is "
+                    "distributed exactly as the target's. Prints the text, then the decoding statistics.")
+    p.add_argument("--target", required=True, help="target causal LM: a local folder or a hub id")
+    p.add_argument("--drafter", default="none",
+                   help="none | ngram[:BLOCK] (prompt lookup) | model:PATH (a small LM sharing the tokenizer)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (tokenised with the target's tokenizer)")
+    src.add_argument("--prompt-ids", help="comma-separated token ids, for models without a tokenizer")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap the prompt as one user turn with the chat template (thinking disabled)")
+    p.add_argument("--max-tokens", type=int, default=128, help="maximum new tokens (> 0; default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (default 0 = off)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the counter-based RNG (reproducible sampling)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence tokens")
+    p.add_argument("--block-size", type=int, default=None, help="draft tokens per round (γ) for the drafter")
+    p.add_argument("--dtype", default="float32", help="float32 (CPU default) | bfloat16 | float16")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text + statistics")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from specserve.decoding.sampling import SamplingParams
+    from specserve.drafters.registry import build_drafter
+    from specserve.engine.engine import SpecEngine
+    from specserve.engine.verifier import LocalVerifier
+    from specserve.errors import InvalidRequestError
+    from specserve.target.model import CausalLM
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                            max_tokens=args.max_tokens, stop=tuple(args.stop), ignore_eos=args.ignore_eos)
+    t0 = time.perf_counter()
+    target = CausalLM.from_pretrained(args.target, dtype=args.dtype, device=args.device)
+    drafter = build_drafter(args.drafter, target, args.block_size)
+    log.info("loaded %s (%d layers, vocab %d) and drafter %s in %.1fs", args.target, target.num_layers,
+             target.vocab_size, args.drafter, time.perf_counter() - t0)
+    prompt_ids = _prompt_ids(args, target.tokenizer)
+    if args.prompt_ids is None and target.tokenizer is None:
+        raise InvalidRequestError("prompt", f"{args.target} has no tokenizer; pass --prompt-ids instead")
+    verifier = LocalVerifier(target, tap_layers=drafter.target_layer_ids if drafter else ())
+    engine = SpecEngine(verifier, drafter, tokenizer=target.tokenizer)
+    stream = not args.json and target.tokenizer is not None
+    on_output = (lambda out: print(out.new_text, end="", flush=True)) if stream else None
+    request = engine.add_request(prompt_ids, params, on_output=on_output)
+    while engine.has_unfinished():
+        engine.step()
+    stats = {"prompt_tokens": len(prompt_ids), "completion_tokens": len(request.output_ids),
+             "finish_reason": request.finish_reason, **request.stats.as_dict(len(request.output_ids))}
+    if args.json:
+        print(json.dumps({"text": request.text, "token_ids": request.output_ids, "stats": stats}))
+    else:
+        if not stream:
+            print(" ".join(map(str, request.output_ids)))
+        print("\n---")
+        for key, value in stats.items():
+            print(f"{key}: {round(value, 4) if isinstance(value, float) else value}")
+    return 0
+
+
+def _prompt_ids(args, tokenizer) -> list[int]:
+    from specserve.errors import InvalidRequestError
+
+    if args.prompt_ids is not None:
+        try:
+            return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise InvalidRequestError("prompt-ids", f"expected comma-separated integers, got {args.prompt_ids!r}")
+    if tokenizer is None:
+        return []
+    if args.chat:
+        messages = [{"role": "user", "content": args.prompt}]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  enable_thinking=False, return_dict=False))
+    return tokenizer(args.prompt)["input_ids"]
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="build the bundled demo models",
+                       description="Reproducible recipe for the demo bundle (no network needed).")
+    demo = p.add_subparsers(dest="demo_command", required=True, metavar="STEP")
+    t = demo.add_parser("build-target", help="train the BPE tokenizer and the Qwen3 demo target",
+                        description="Train a byte-level BPE tokenizer and a small Qwen3-architecture target on "
+                                    "the Python standard library installed on this machine; save both (bf16 "
+                                    "safetensors) with build.json recording the recipe and held-out perplexity.")
+    t.add_argument("--out", default="models/demo/target", help="output folder (default models/demo/target)")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    t.add_argument("--seed", type=int, default=None, help="seed (default: the recipe's)")
+    t.set_defaults(func=cmd_demo_build_target)
+
+
+def cmd_demo_build_target(args) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from specserve.demo.pretrain import TargetRecipe, pretrain_target
+
+    recipe = TargetRecipe()
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+    facts = pretrain_target(Path(args.out), replace(recipe, **overrides))
+    print(json.dumps({k: facts[k] for k in ("parameters", "heldout_perplexity", "train_seconds")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specserve", description="Lossless speculative decoding: "
+                                     "train draft models, evaluate them, serve a target faster with them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_generate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except SpecServeError as exc:
+        print(f"specserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

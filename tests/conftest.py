@@ -1,0 +1,30 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_target_dir(tmp_path_factory):
+    """A tiny Qwen3 saved to disk with a small trained BPE tokenizer: the real loading path."""
+    from specserve.demo.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_target")
+    text = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.getcwd())\n", "hello world " * 20]
+    tokenizer = train_tokenizer(text * 10, vocab_size=300)
+    model = tiny_model("qwen3", vocab=len(tokenizer))
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

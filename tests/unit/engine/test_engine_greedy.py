@@ -1,0 +1,85 @@
+"""Greedy speculative output equals `generate(do_sample=False)` token for token, for every drafter."""
+
+import copy
+
+import pytest
+import torch
+
+from specserve.decoding.sampling import SamplingParams
+from specserve.drafters.draft_lm import DraftModelDrafter
+from specserve.drafters.ngram import NgramDrafter
+from specserve.engine.engine import SpecEngine
+from specserve.engine.verifier import LocalVerifier
+from specserve.target.model import CausalLM
+from tiny_models import tiny_model
+
+VOCAB = 64
+PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 3, 4, 5, 6, 7], [3, 4, 5], [9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 20, 30, 40, 50, 60],
+           [4, 5, 4, 5, 4, 5], [33] * 9]
+MAX_NEW = 24
+
+
+def noisy_copy(model, scale: float, seed: int = 1):
+    """A draft that mostly agrees with the target: the target with perturbed weights."""
+    draft = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale * p.std().nan_to_num(0.02))
+    return draft
+
+
+def greedy_reference(model, prompts, max_new):
+    refs = []
+    for p in prompts:
+        out = model.generate(torch.tensor([p]), max_new_tokens=max_new, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)
+        refs.append(out[0, len(p):].tolist())
+    return refs
+
+
+def make_drafter(kind, model):
+    if kind == "ngram":
+        return NgramDrafter(max_block=4)
+    if kind == "model":
+        return DraftModelDrafter(CausalLM(noisy_copy(model, 0.3)), max_block=3)
+    return None
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "llama"])
+@pytest.mark.parametrize("drafter", ["none", "ngram", "model"])
+def test_greedy_equals_target_generate(arch, drafter):
+    model = tiny_model(arch, vocab=VOCAB)
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), make_drafter(drafter, model), max_batch=8)
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    for request, ref in zip(requests, refs):
+        assert request.output_ids == ref
+        assert request.finish_reason == "length"
+    if drafter != "none":
+        stats = [r.stats for r in requests]
+        assert sum(s.accepted for s in stats) > 0, "the test must exercise accepted drafts"
+        assert sum(s.verified - s.accepted for s in stats) > 0, "the test must exercise rejections"
+
+
+def test_continuous_batching_with_small_max_batch_equals_reference():
+    """Requests join as others finish (max_batch 2 < 5 prompts, different lengths) with no effect on output."""
+    model = tiny_model("qwen3", vocab=VOCAB)
+    max_tokens = [5, 17, 9, 24, 3]
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), make_drafter("model", model), max_batch=2)
+    requests = engine.generate(PROMPTS, [SamplingParams(max_tokens=n, ignore_eos=True) for n in max_tokens])
+    for request, ref, n in zip(requests, refs, max_tokens):
+        assert request.output_ids == ref[:n]
+
+
+def test_eos_stops_and_round_counts_no_bonus_after_accepted_stop():
+    """Stop at the target's EOS; an accepted stop token ends the round (τ counts up to it)."""
+    model = tiny_model("qwen3", vocab=VOCAB)
+    ref = greedy_reference(model, [PROMPTS[0]], MAX_NEW)[0]
+    eos = ref[6]  # make the 7th greedy token the end of sequence
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), make_drafter("model", model))
+    request = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=MAX_NEW, stop_token_ids=(eos,)))[0]
+    assert request.output_ids == ref[: ref.index(eos) + 1]
+    assert request.finish_reason == "stop"
+    assert request.stats.committed_in_rounds == len(request.output_ids) - 1  # the first token is the prefill's
