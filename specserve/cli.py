@@ -46,7 +46,6 @@ def cmd_generate(args) -> int:
     from specserve.drafters.registry import build_drafter
     from specserve.engine.engine import SpecEngine
     from specserve.engine.verifier import LocalVerifier
-    from specserve.errors import InvalidRequestError
     from specserve.target.model import CausalLM
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
@@ -57,8 +56,6 @@ def cmd_generate(args) -> int:
     log.info("loaded %s (%d layers, vocab %d) and drafter %s in %.1fs", args.target, target.num_layers,
              target.vocab_size, args.drafter, time.perf_counter() - t0)
     prompt_ids = _prompt_ids(args, target.tokenizer)
-    if args.prompt_ids is None and target.tokenizer is None:
-        raise InvalidRequestError("prompt", f"{args.target} has no tokenizer; pass --prompt-ids instead")
     verifier = LocalVerifier(target, tap_layers=drafter.target_layer_ids if drafter else ())
     engine = SpecEngine(verifier, drafter, tokenizer=target.tokenizer)
     stream = not args.json and target.tokenizer is not None
@@ -86,9 +83,10 @@ def _prompt_ids(args, tokenizer) -> list[int]:
         try:
             return [int(t) for t in args.prompt_ids.split(",") if t.strip()]
         except ValueError:
-            raise InvalidRequestError("prompt-ids", f"expected comma-separated integers, got {args.prompt_ids!r}")
+            raise InvalidRequestError("prompt-ids",
+                                      f"expected comma-separated integers, got {args.prompt_ids!r}") from None
     if tokenizer is None:
-        return []
+        raise InvalidRequestError("prompt", "the target has no tokenizer; pass --prompt-ids instead")
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

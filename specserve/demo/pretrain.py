@@ -41,7 +41,7 @@ class TargetRecipe:
     head_dim: int = 64
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 1500
+    steps: int = 800
     lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -147,7 +147,8 @@ def pretrain_target(out_dir: Path, recipe: TargetRecipe) -> dict:
     train_seconds = time.perf_counter() - t0
     loss = heldout_loss(model, heldout_tokens, recipe)
     facts = {"recipe": asdict(recipe), "parameters": n_params, "train_tokens": int(len(train_tokens)),
-             "heldout_tokens": int(len(heldout_tokens)), "tokens_seen": recipe.steps * recipe.batch_size * recipe.seq_len,
+             "heldout_tokens": int(len(heldout_tokens)),
+             "tokens_seen": recipe.steps * recipe.batch_size * recipe.seq_len,
              "heldout_loss": loss, "heldout_perplexity": math.exp(loss), "train_seconds": round(train_seconds, 1),
              "corpus_root": str(corpus.root), "corpus_fingerprint": corpus.fingerprint(),
              "torch": torch.__version__}

@@ -78,7 +78,7 @@ class SpecEngine:
                  ) -> list[Request]:
         """Run a list of prompts to completion (offline use, tests, benchmarks)."""
         per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
-        requests = [self.add_request(p, sp) for p, sp in zip(prompts, per)]
+        requests = [self.add_request(p, sp) for p, sp in zip(prompts, per, strict=True)]
         while self.has_unfinished():
             self.step()
         return requests
@@ -131,7 +131,7 @@ class SpecEngine:
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
             return
-        for r, res in zip(batch, opened):
+        for r, res in zip(batch, opened, strict=True):
             r.status = Status.RUNNING
             self.running.append(r)
             if self.tokenizer is not None:
@@ -154,7 +154,7 @@ class SpecEngine:
         budgets = self.policy.budget([len(b.ids) for b in blocks], [b.confidence for b in blocks],
                                      self.verifier.load() if self._policy_needs_load() else None)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
-                               position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets)]
+                               position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
         try:
             results = self.verifier.verify(items)
         except Exception as exc:
@@ -162,7 +162,7 @@ class SpecEngine:
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
             return
-        for r, block, n, res in zip(batch, blocks, budgets, results):
+        for r, block, n, res in zip(batch, blocks, budgets, results, strict=True):
             committed = self._round_length(res.tokens, r.params)
             r.stats.record_round(drafted=len(block.ids), verified=n, accepted=min(res.accepted, committed),
                                  committed=committed)
@@ -188,7 +188,7 @@ class SpecEngine:
                 self._drop_drafter(r)
             return [_NO_DRAFT] * len(batch)
         by_id = {}
-        for r, block in zip(asked, blocks):
+        for r, block in zip(asked, blocks, strict=True):
             r.unsent_ids, r.unsent_taps = [], None
             if block.error is not None:
                 log.warning("drafter refused %s (%s); it continues without drafts", r.id, block.error)

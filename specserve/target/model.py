@@ -121,7 +121,7 @@ class CausalLM:
         counts = [len(t) for t in tokens]
         if min(counts) == 0:
             raise ValueError("every session in a forward needs at least one token")
-        for s, n in zip(sessions, counts):
+        for s, n in zip(sessions, counts, strict=True):
             if self.cache.length(s) + n > self.max_context:
                 raise ContextLengthError("prompt", f"session {s!r} would reach {self.cache.length(s) + n} tokens, "
                                          f"beyond the context window of {self.max_context}")
