@@ -21,7 +21,7 @@ from specserve.decoding.budget import BudgetPolicy, FixedK
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
-from specserve.engine.request import Request, RequestOutput, Status
+from specserve.engine.request import Request, RequestOutput, RoundRecord, Status
 from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest
 from specserve.errors import ContextLengthError, IncompatibleDrafterError, InvalidRequestError
 
@@ -164,8 +164,9 @@ class SpecEngine:
             return
         for r, block, n, res in zip(batch, blocks, budgets, results, strict=True):
             committed = self._round_length(res.tokens, r.params)
-            r.stats.record_round(drafted=len(block.ids), verified=n, accepted=min(res.accepted, committed),
-                                 committed=committed)
+            confidence = None if block.confidence is None else tuple(block.confidence.tolist())
+            r.stats.rounds.append(RoundRecord(drafted=len(block.ids), verified=n, committed=committed,
+                                              accepted=min(res.accepted, committed), confidence=confidence))
             if r.id in self._drafting:
                 r.unsent_ids.extend(res.tokens)
                 if res.taps is not None:

@@ -18,42 +18,45 @@ class Status(Enum):
     FINISHED = "finished"
 
 
+@dataclass(frozen=True)
+class RoundRecord:
+    """One verification round of one request (what evaluation and calibration are computed from)."""
+
+    drafted: int  # tokens the drafter proposed
+    verified: int  # draft tokens sent to the target (the budget policy's choice)
+    accepted: int  # accepted draft tokens (an accepted stop token ends the count)
+    committed: int  # tokens this round counts toward τ: accepted + the bonus, none after a stop token
+    confidence: tuple[float, ...] | None = None  # the drafter's per-slot confidences, when it has them
+
+
 @dataclass
 class RequestStats:
-    """Speculation and latency counters of one request.
+    """Speculation and latency counters of one request; every aggregate derives from `rounds`."""
 
-    `accepted_per_pos[j]` counts rounds whose draft at position j+1 was accepted, `verified_per_pos[j]`
-    rounds that verified a draft at position j+1. τ = committed tokens per round, bonus included.
-    """
-
-    rounds: int = 0
-    committed_in_rounds: int = 0
-    drafted: int = 0  # tokens the drafter proposed
-    verified: int = 0  # draft tokens sent to the target
-    accepted: int = 0
-    accepted_per_pos: list[int] = field(default_factory=list)
-    verified_per_pos: list[int] = field(default_factory=list)
-    round_lengths: list[int] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)
     arrival: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     finished: float | None = None
 
-    def record_round(self, drafted: int, verified: int, accepted: int, committed: int) -> None:
-        self.rounds += 1
-        self.drafted += drafted
-        self.verified += verified
-        self.accepted += accepted
-        self.committed_in_rounds += committed
-        self.round_lengths.append(committed)
-        for counts, n in ((self.verified_per_pos, verified), (self.accepted_per_pos, accepted)):
-            counts.extend([0] * (n - len(counts)))
-            for j in range(n):
-                counts[j] += 1
-
     @property
     def tau(self) -> float:
         """Mean accepted length: committed tokens per verification round (bonus included)."""
-        return self.committed_in_rounds / self.rounds if self.rounds else 0.0
+        return sum(r.committed for r in self.rounds) / len(self.rounds) if self.rounds else 0.0
+
+    @property
+    def accepted(self) -> int:
+        return sum(r.accepted for r in self.rounds)
+
+    @property
+    def verified(self) -> int:
+        return sum(r.verified for r in self.rounds)
+
+    def per_position(self) -> tuple[list[int], list[int]]:
+        """(verified, accepted) counts per draft position 1..γ: rounds verifying / accepting position j+1."""
+        width = max((r.verified for r in self.rounds), default=0)
+        verified = [sum(r.verified > j for r in self.rounds) for j in range(width)]
+        accepted = [sum(r.accepted > j for r in self.rounds) for j in range(width)]
+        return verified, accepted
 
     @property
     def ttft(self) -> float | None:
@@ -64,10 +67,12 @@ class RequestStats:
         return n_tokens / max(end - self.arrival, 1e-9)
 
     def as_dict(self, n_tokens: int) -> dict:
-        return {"rounds": self.rounds, "tau": round(self.tau, 4), "drafted": self.drafted,
-                "verified": self.verified, "accepted": self.accepted,
-                "accepted_per_pos": list(self.accepted_per_pos), "verified_per_pos": list(self.verified_per_pos),
-                "ttft_s": self.ttft, "tokens_per_s": self.tokens_per_second(n_tokens)}
+        verified_per_pos, accepted_per_pos = self.per_position()
+        return {"rounds": len(self.rounds), "tau": round(self.tau, 4),
+                "drafted": sum(r.drafted for r in self.rounds), "verified": self.verified,
+                "accepted": self.accepted, "accepted_per_pos": accepted_per_pos,
+                "verified_per_pos": verified_per_pos, "ttft_s": self.ttft,
+                "tokens_per_s": self.tokens_per_second(n_tokens)}
 
 
 @dataclass

@@ -82,4 +82,4 @@ def test_eos_stops_and_round_counts_no_bonus_after_accepted_stop():
     request = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=MAX_NEW, stop_token_ids=(eos,)))[0]
     assert request.output_ids == ref[: ref.index(eos) + 1]
     assert request.finish_reason == "stop"
-    assert request.stats.committed_in_rounds == len(request.output_ids) - 1  # the first token is the prefill's
+    assert sum(r.committed for r in request.stats.rounds) == len(request.output_ids) - 1  # first token: prefill

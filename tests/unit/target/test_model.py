@@ -107,3 +107,20 @@ def test_from_pretrained_loads_model_and_tokenizer(tiny_target_dir):
     lm = CausalLM.from_pretrained(str(tiny_target_dir))
     assert lm.tokenizer is not None and lm.vocab_size == len(lm.tokenizer)
     assert lm.eos_token_ids == (lm.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+def test_bf16_batched_forward_matches_hf_bf16(arch):
+    """bf16 is a GPU path; on CPU we only check it computes the same thing as transformers in bf16."""
+    model = tiny_model(arch).to(torch.bfloat16)
+    lm = CausalLM(model)
+    for i in range(2):
+        lm.open(str(i))
+    out = lm.forward(["0", "1"], PROMPTS[:2])
+    assert lm.cache.dtype == torch.bfloat16
+    for i in range(2):
+        with torch.no_grad():
+            ref = model(torch.tensor([PROMPTS[i]])).logits[0].float()
+        n = len(PROMPTS[i])
+        torch.testing.assert_close(out.logits[i, :n], ref, atol=0.1, rtol=0.05)
+        assert (out.logits[i, :n].argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
