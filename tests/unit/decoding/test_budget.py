@@ -1,0 +1,74 @@
+"""Budget policies: fixed-k, static threshold, and the prefix scheduler's lossless early stop."""
+
+import pytest
+import torch
+
+from specserve.decoding.budget import FixedK, LoadReport, PrefixScheduler, StaticThreshold, sps_at, survival
+from specserve.decoding.rejection import rejection_sample
+
+SPS = {1: 1.0, 2: 0.5, 3: 0.45}  # algorithms.md §7 counterexample
+
+
+def test_fixed_k_caps_at_proposed():
+    assert FixedK(3).budget([5, 2, 0], [None, None, None], None) == [3, 2, 0]
+
+
+def test_static_threshold_keeps_prefix_above_threshold():
+    policy = StaticThreshold(threshold=0.5, max_block=4)
+    conf = [torch.tensor([0.9, 0.9, 0.5, 0.9]), torch.tensor([0.4, 1.0]), None]
+    # survival: 0.9, 0.81, 0.405 -> 2; 0.4 -> 0; no confidence -> everything proposed (capped)
+    assert policy.budget([4, 2, 6], conf, None) == [2, 0, 4]
+
+
+def test_prefix_scheduler_follows_throughput():
+    flat = LoadReport(sps={b: 1.0 for b in range(1, 20)})  # verification is free: take every positive a
+    policy = PrefixScheduler(max_block=3)
+    conf = [torch.tensor([0.9, 0.8, 0.5]), torch.tensor([0.3, 0.0, 1.0])]
+    assert policy.budget([3, 3], conf, flat) == [3, 1]
+    steep = LoadReport(sps={1: 1.0, 2: 0.5, 3: 0.3, 4: 0.2})  # verification is expensive: nothing pays
+    assert policy.budget([3, 3], conf, steep) == [0, 0]
+
+
+def test_prefix_scheduler_needs_load():
+    with pytest.raises(ValueError, match="SPS table"):
+        PrefixScheduler(max_block=2).budget([2], [torch.tensor([0.5, 0.5])], None)
+
+
+def test_sps_interpolation_and_extrapolation():
+    table = {1: 10.0, 4: 7.0, 8: 4.0}
+    assert sps_at(table, 4) == 7.0
+    assert sps_at(table, 2) == pytest.approx(9.0)
+    assert sps_at(table, 16) == pytest.approx(2.0)  # constant tokens/s beyond the profile
+
+
+def first_token_is_a(policy, trials: int, seed: int) -> float:
+    """Simulate the counterexample: V = {A, B}, p_t = (0.7, 0.3), q = (0.5, 0.5), c_1 = 0.8,
+    c_2 = 0.9 if the first draft is A else 0. Returns the frequency of A as the first committed token."""
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.tensor([0.7, 0.3])
+    q = torch.tensor([0.5, 0.5])
+    load = LoadReport(sps=SPS)
+    hits = 0
+    for _ in range(trials):
+        drafts = torch.multinomial(q.expand(2, 2), 1, generator=gen).squeeze(-1)
+        confidence = torch.tensor([0.8, 0.9 if drafts[0] == 0 else 0.0])
+        n = policy.budget([2], [confidence], load)[0]
+        u = torch.rand(2 * n + 1, generator=gen, dtype=torch.float64)
+        result = rejection_sample(p.expand(1, n + 1, 2), drafts[None, :n], torch.tensor([n]), q.expand(1, n, 2),
+                                  u[None, :n], u[None, n:])
+        first = drafts[0] if result.accepted[0] > 0 else result.next_token[0]
+        hits += int(first == 0)
+    return hits / trials
+
+
+def test_prefix_scheduler_early_stop_is_lossless_and_its_absence_is_not():
+    """The early stop keeps P(A) = 0.7; searching past the drop biases it to 0.85 (algorithms.md §7)."""
+    trials = 6000
+    tolerance = 4 * (0.7 * 0.3 / trials) ** 0.5
+    assert abs(first_token_is_a(PrefixScheduler(max_block=2), trials, seed=1) - 0.7) < tolerance
+    biased = first_token_is_a(PrefixScheduler(max_block=2, early_stop=False), trials, seed=1)
+    assert abs(biased - 0.85) < tolerance
+
+
+def test_survival_is_cumulative_product():
+    assert survival(torch.tensor([0.5, 0.5, 1.0])) == pytest.approx([0.5, 0.25, 0.25])
