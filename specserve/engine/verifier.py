@@ -24,9 +24,13 @@ from specserve.target.model import CausalLM
 
 @dataclass
 class OpenRequest:
+    """Prefill a session. With `resume_token` (failover to another replica), `prompt_ids` are the prompt
+    plus every committed token but the newest, which is given, not sampled."""
+
     session: str
     prompt_ids: list[int]
     sampling: SamplingParams  # seed already fixed by the engine
+    resume_token: int | None = None
 
 
 @dataclass
@@ -95,6 +99,7 @@ class LocalVerifier:
         params = [i.sampling for i in batch]
         u = uniforms([p.seed for p in params], Stream.SAMPLE, [0] * len(batch), 1)[:, 0]
         tokens = sample_from(logits_to_probs(out.logits, params), u).tolist()
+        tokens = [t if i.resume_token is None else i.resume_token for t, i in zip(tokens, batch, strict=True)]
         results = []
         for r, item in enumerate(batch):
             self._pending[item.session] = tokens[r]

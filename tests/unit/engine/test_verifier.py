@@ -61,3 +61,21 @@ def test_prompt_taps_returned_on_open():
     with torch.no_grad():
         hidden = model(torch.tensor([PROMPTS[2]]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(opened.taps, torch.cat([hidden[1], hidden[3]], -1)[0], atol=2e-5, rtol=1e-4)
+
+
+def test_resume_on_a_fresh_replica_continues_identically():
+    """Failover: a second verifier re-opened from prompt + committed tokens verifies exactly as the first."""
+    model = tiny_model("qwen3", vocab=32)
+    params = SamplingParams(temperature=1.0, seed=3)
+    first = LocalVerifier(CausalLM(model))
+    token = first.open([OpenRequest("s", PROMPTS[0], params)])[0].token
+    committed = [*PROMPTS[0], token]
+    for position in range(1, 4):
+        result = first.verify([VerifyRequest("s", len(committed), [1, 2], None, params, position)])[0]
+        committed += result.tokens
+    replica = LocalVerifier(CausalLM(model))
+    resumed = replica.open([OpenRequest("s", committed[:-1], params, resume_token=committed[-1])])[0]
+    assert resumed.token == committed[-1]
+    item = VerifyRequest("s", len(committed), [3, 4, 5], None, params, position=len(committed) - len(PROMPTS[0]))
+    a, b = first.verify([item])[0], replica.verify([item])[0]
+    assert (a.accepted, a.tokens) == (b.accepted, b.tokens)
