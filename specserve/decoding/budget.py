@@ -23,6 +23,8 @@ class LoadReport:
 class BudgetPolicy(Protocol):
     """Chooses ℓ_r ≤ proposed_r for every request of a round."""
 
+    needs_load: bool  # whether `budget` reads the verifier's LoadReport (the engine fetches it only then)
+
     @property
     def max_draft(self) -> int:
         """How many tokens to ask the drafter for (an upper bound on every ℓ_r)."""
@@ -38,6 +40,7 @@ class FixedK:
     """Verify min(k, proposed) tokens for every request, whatever the load or confidence."""
 
     k: int
+    needs_load = False
 
     def __post_init__(self):
         if self.k < 0:
@@ -65,6 +68,7 @@ class StaticThreshold:
 
     threshold: float
     max_block: int
+    needs_load = False
 
     def __post_init__(self):
         if not 0.0 <= self.threshold < 1.0:
@@ -99,6 +103,7 @@ class PrefixScheduler:
     max_block: int
     early_stop: bool = True
     default_confidence: float = 0.5
+    needs_load = True
 
     @property
     def max_draft(self) -> int:

@@ -151,8 +151,9 @@ class SpecEngine:
     def _round(self, outputs: list[RequestOutput]) -> None:
         batch = list(self.running)
         blocks = self._propose(batch)
-        budgets = self.policy.budget([len(b.ids) for b in blocks], [b.confidence for b in blocks],
-                                     self.verifier.load() if self._policy_needs_load() else None)
+        proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
+        budgets = self.policy.budget(proposed, [b.confidence for b in blocks],
+                                     self.verifier.load() if self.policy.needs_load else None)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
                                position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
         try:
@@ -183,6 +184,8 @@ class SpecEngine:
                               position=len(r.output_ids), new_taps=r.unsent_taps) for r in asked]
         try:
             blocks = self.drafter.propose(items)
+            if len(blocks) != len(items):
+                raise RuntimeError(f"drafter returned {len(blocks)} blocks for {len(items)} requests")
         except Exception:
             log.exception("drafter failed for %d requests; they continue without drafts", len(asked))
             for r in asked:
@@ -191,21 +194,27 @@ class SpecEngine:
         by_id = {}
         for r, block in zip(asked, blocks, strict=True):
             r.unsent_ids, r.unsent_taps = [], None
-            if block.error is not None:
-                log.warning("drafter refused %s (%s); it continues without drafts", r.id, block.error)
+            problem = block.error or self._invalid_draft(block)
+            if problem is not None:
+                log.warning("drafter refused %s (%s); it continues without drafts", r.id, problem)
                 self._drop_drafter(r)
                 block = _NO_DRAFT
             by_id[r.id] = block
         return [by_id.get(r.id, _NO_DRAFT) for r in batch]
+
+    def _invalid_draft(self, block: DraftBlock) -> str | None:
+        vocab = self.verifier.vocab_size
+        if any(not 0 <= t < vocab for t in block.ids):
+            return f"draft ids outside [0, {vocab})"
+        if block.q is not None and tuple(block.q.shape) != (len(block.ids), vocab):
+            return f"q has shape {tuple(block.q.shape)}, expected ({len(block.ids)}, {vocab})"
+        return None
 
     def _draft_room(self, r: Request, cap: int) -> int:
         """Drafts that can still be committed: one slot is kept for the bonus token."""
         remaining = r.params.max_tokens - len(r.output_ids) - 1
         context = self.verifier.max_context - r.committed_len
         return max(0, min(cap, remaining, context))
-
-    def _policy_needs_load(self) -> bool:
-        return not isinstance(self.policy, FixedK)
 
     def _round_length(self, tokens: list[int], params: SamplingParams) -> int:
         """Tokens a round counts toward τ: up to and including an accepted stop token (no bonus after it)."""

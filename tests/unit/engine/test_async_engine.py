@@ -2,14 +2,13 @@
 
 import asyncio
 
-from tiny_models import tiny_model
-
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.async_engine import AsyncSpecEngine
 from specserve.engine.engine import SpecEngine
 from specserve.engine.verifier import LocalVerifier
 from specserve.target.model import CausalLM
+from tiny_models import tiny_model
 
 
 def make_engine():

@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.draft_lm import DraftModelDrafter
@@ -12,6 +11,7 @@ from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.engine import SpecEngine
 from specserve.engine.verifier import LocalVerifier
 from specserve.target.model import CausalLM
+from tiny_models import tiny_model
 
 VOCAB = 64
 PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 3, 4, 5, 6, 7], [3, 4, 5], [9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 20, 30, 40, 50, 60],

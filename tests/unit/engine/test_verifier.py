@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from tiny_models import tiny_model
 
 from specserve.decoding.sampling import SamplingParams, logits_to_probs
 from specserve.engine.verifier import LocalVerifier, OpenRequest, VerifyRequest
 from specserve.errors import SessionError
 from specserve.target.model import CausalLM
+from tiny_models import tiny_model
 
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9, 9], [i % 32 for i in range(20, 45)], [3, 1, 4, 1, 5]]
 DRAFTS = [[5, 6, 7, 8], [], [1, 2], [3, 3, 3, 3, 3, 3]]

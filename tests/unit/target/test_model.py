@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from tiny_models import ARCHS, tiny_model
 
 from specserve.errors import ContextLengthError, ModelLoadError
 from specserve.target.model import CausalLM
+from tiny_models import ARCHS, tiny_model
 
 PROMPTS = [[1, 5, 7, 9, 11, 13, 2, 3, 4, 5, 6, 7], [3, 4, 5], list(range(40, 60)), [4]]
 EXTENSIONS = [[5, 6], [7], [1, 2, 3, 4], [8, 9, 10]]

@@ -1,0 +1,71 @@
+"""Drafter faults never change the output: the affected requests continue with plain decoding.
+
+The faulty drafters here wrap a real NgramDrafter and inject the fault (an exception, garbage ids, a
+wrong block count) — faults a healthy in-process drafter cannot be made to produce otherwise.
+"""
+
+import pytest
+
+from specserve.decoding.sampling import SamplingParams
+from specserve.drafters.base import DraftBlock
+from specserve.drafters.ngram import NgramDrafter
+from specserve.engine.engine import SpecEngine
+from specserve.engine.verifier import LocalVerifier
+from specserve.target.model import CausalLM
+from tiny_models import tiny_model
+
+PROMPTS = [[1, 2, 3, 1, 2, 3, 1, 2], [5, 6, 5, 6, 5], [7, 8, 9]]
+PARAMS = SamplingParams(max_tokens=20, ignore_eos=True)
+
+
+class FaultyDrafter(NgramDrafter):
+    """Behaves like NgramDrafter until call `fail_at`, then injects `fault` on every later call."""
+
+    def __init__(self, fault: str, fail_at: int = 2):
+        super().__init__(max_block=4)
+        self.fault, self.fail_at, self.calls = fault, fail_at, 0
+
+    def propose(self, batch):
+        self.calls += 1
+        blocks = super().propose(batch)
+        if self.calls < self.fail_at:
+            return blocks
+        if self.fault == "raise":
+            raise ConnectionError("drafter went away")
+        if self.fault == "garbage":
+            return [DraftBlock(ids=[10_000] * 3) for _ in batch]
+        if self.fault == "short":
+            return blocks[:-1]
+        return [DraftBlock(ids=[], error="session lost") for _ in batch]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("qwen3", vocab=64)
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    engine = SpecEngine(LocalVerifier(CausalLM(model)))
+    return [r.output_ids for r in engine.generate(PROMPTS, PARAMS)]
+
+
+@pytest.mark.parametrize("fault", ["raise", "garbage", "short", "item-error"])
+def test_drafter_faults_fall_back_to_plain_decoding(model, reference, fault):
+    drafter = FaultyDrafter(fault)
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), drafter)
+    requests = engine.generate(PROMPTS, PARAMS)
+    assert [r.output_ids for r in requests] == reference
+    assert all(r.finish_reason == "length" for r in requests)
+    assert all(r.stats.rounds[-1].drafted == 0 for r in requests), "after the fault no drafts are used"
+    assert drafter.calls == drafter.fail_at, "failed sessions are not asked again"
+
+
+def test_new_requests_use_the_drafter_again(model, reference):
+    drafter = FaultyDrafter("raise", fail_at=2)
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), drafter)
+    engine.generate(PROMPTS[:1], PARAMS)
+    drafter.fail_at = 10_000  # healthy again
+    later = engine.generate(PROMPTS, PARAMS)
+    assert [r.output_ids for r in later] == reference
+    assert any(r.stats.accepted > 0 for r in later)
