@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import threading
 import time
 import uuid
 from collections import deque
@@ -51,6 +52,8 @@ class SpecEngine:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._drafting: set[str] = set()  # requests whose drafter session is healthy
+        self._live_ids: set[str] = set()  # ids added and not yet finished (add_request may run on any thread)
+        self._ids_lock = threading.Lock()
 
     # ---- requests in ----------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
@@ -64,6 +67,10 @@ class SpecEngine:
         if params.stop and self.tokenizer is None:
             raise InvalidRequestError("stop", "stop strings need a tokenizer; this engine has none")
         request = Request(id=request_id or uuid.uuid4().hex, prompt_ids=prompt, params=params, on_output=on_output)
+        with self._ids_lock:
+            if request.id in self._live_ids:
+                raise InvalidRequestError("request_id", f"{request.id!r} is already waiting or running")
+            self._live_ids.add(request.id)
         self._inbox.put(("add", request))
         return request
 
@@ -78,6 +85,8 @@ class SpecEngine:
                  ) -> list[Request]:
         """Run a list of prompts to completion (offline use, tests, benchmarks)."""
         per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        for prompt in prompts:  # validate every prompt before queueing any, so a bad one leaves nothing behind
+            self._check_prompt(prompt)
         requests = [self.add_request(p, sp) for p, sp in zip(prompts, per, strict=True)]
         while self.has_unfinished():
             self.step()
@@ -261,6 +270,8 @@ class SpecEngine:
             self.running.remove(r)
             self._close_sessions(r)
         r.status, r.finish_reason, r.error = Status.FINISHED, reason, error
+        with self._ids_lock:
+            self._live_ids.discard(r.id)
         r.stats.finished = time.perf_counter()
         self._detok.pop(r.id, None)
         self._emit(r, RequestOutput(r.id, new_ids or [], new_text, True, reason, error), outputs)

@@ -87,14 +87,15 @@ class LocalVerifier:
         self._sps = sps or {}
 
     def open(self, batch: list[OpenRequest]) -> list[OpenResult]:
-        for item in batch:
-            self.target.open(item.session)
+        opened = []
         try:
-            out = self.target.forward([i.session for i in batch], [i.prompt_ids for i in batch],
-                                      taps=self.tap_layers, last_only=True)
-        except Exception:
             for item in batch:
-                self.target.close(item.session)
+                self.target.open(item.session)
+                opened.append(item.session)
+            out = self.target.forward(opened, [i.prompt_ids for i in batch], taps=self.tap_layers, last_only=True)
+        except Exception:
+            for session in opened:
+                self.target.close(session)
             raise
         params = [i.sampling for i in batch]
         u = uniforms([p.seed for p in params], Stream.SAMPLE, [0] * len(batch), 1)[:, 0]

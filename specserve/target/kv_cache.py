@@ -20,10 +20,9 @@ from specserve.errors import SessionError
 class SlotKVCache:
     """Per-session KV storage shared by every layer of one model."""
 
-    def __init__(self, dtype: torch.dtype, device: torch.device | str = "cpu", max_len: int | None = None):
+    def __init__(self, dtype: torch.dtype, device: torch.device | str = "cpu"):
         self.dtype = dtype
         self.device = torch.device(device)
-        self.max_len = max_len
         self._keys: dict[int, torch.Tensor] = {}
         self._values: dict[int, torch.Tensor] = {}
         self._slot_of: dict[str, int] = {}
@@ -96,9 +95,8 @@ class SlotKVCache:
         """
         starts = torch.tensor([self.lengths[s] for s in slots], dtype=torch.long)
         positions = starts[:, None] + torch.arange(width)[None, :]
+        # padding may reach past the context window; only real tokens are checked (by the model)
         self._kv_len = int(positions.max()) + 1
-        if self.max_len is not None and self._kv_len > self.max_len:
-            raise SessionError(f"KV cache would hold {self._kv_len} positions, more than max_len {self.max_len}")
         self._ensure_capacity(max(slots) + 1, self._kv_len)
         first = slots[0]
         contiguous = slots == list(range(first, first + len(slots)))
@@ -139,8 +137,6 @@ class SlotKVCache:
             return
         new_slots = max(slots, self._slot_capacity * 2 if slots > self._slot_capacity else self._slot_capacity, 4)
         new_len = max(length, self._len_capacity * 2 if length > self._len_capacity else self._len_capacity, 64)
-        if self.max_len is not None:
-            new_len = min(new_len, self.max_len)
         for buffers in (self._keys, self._values):
             for layer, buf in buffers.items():
                 grown = torch.zeros(new_slots, buf.shape[1], new_len, buf.shape[3], dtype=buf.dtype, device=buf.device)

@@ -50,7 +50,7 @@ class CausalLM:
             raise ModelLoadError(f"layer types {sorted(unknown)} are not supported (only {_SUPPORTED_ATTENTION})")
         self.sliding_window = getattr(self.config, "sliding_window", None)
         self.max_context = max_len or int(getattr(self.config, "max_position_embeddings", 1 << 30))
-        self.cache = SlotKVCache(self.dtype, self.device, max_len=self.max_context)
+        self.cache = SlotKVCache(self.dtype, self.device)
         self._captured: dict[int, torch.Tensor] = {}
         self._hooked: set[int] = set()
 
