@@ -1,0 +1,72 @@
+"""The `Drafter` for DSpark and DFlash checkpoints: one batched backbone pass per round.
+
+Each `propose` commits the new tokens and taps of every session and drafts its next block in the
+same forward (the taps are appended to the session's context cache while the block attends to them).
+Slots are sampled left to right with the request's own sampling parameters, so `q` is the exact
+processed distribution of each draft, and the confidence head's `c_j` rides along for the budget policy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specserve.drafters.base import DraftBlock, DraftRequest
+from specserve.drafters.dspark import BlockInput, DSparkModel
+from specserve.drafters.tap_session import BatchSampler, SessionStore
+from specserve.errors import SessionError
+
+
+class DSparkDrafter:
+    """Drafts γ = block_size tokens per round with a DSpark/DFlash model (the `Drafter` protocol)."""
+
+    def __init__(self, model: DSparkModel):
+        self.model = model.eval()
+        cfg = model.cfg
+        weight = model.fc.weight
+        self._sessions = SessionStore(cfg.num_layers, cfg.num_taps * cfg.hidden_size, weight.device, weight.dtype)
+
+    @property
+    def target_layer_ids(self) -> tuple[int, ...]:
+        return self.model.cfg.target_layer_ids
+
+    @property
+    def max_block(self) -> int:
+        return self.model.cfg.block_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.cfg.vocab_size
+
+    def open(self, session: str, token_ids: list[int], taps: torch.Tensor | None) -> None:
+        self._sessions.open(session, token_ids, taps)
+
+    def close(self, session: str) -> None:
+        self._sessions.close(session)
+
+    def propose(self, batch: list[DraftRequest]) -> list[DraftBlock]:
+        blocks: list[DraftBlock | None] = [None] * len(batch)
+        todo, inputs = [], []
+        for i, item in enumerate(batch):
+            try:
+                state, tokens = self._sessions.commit(item)
+            except SessionError as exc:
+                blocks[i] = DraftBlock(ids=[], error=str(exc))
+                continue
+            if min(item.max_tokens, self.max_block) <= 0:
+                blocks[i] = DraftBlock(ids=[])  # taps stay pending until a round drafts
+                continue
+            todo.append(i)
+            inputs.append(BlockInput(state.cache, state.pending, tokens[-1]))
+        if todo:
+            requests = [batch[i] for i in todo]
+            k = max(min(r.max_tokens, self.max_block) for r in requests)
+            sampler = BatchSampler(requests, k)
+            out = self.model.draft_block(inputs, k, sampler)
+            for row, (i, item, inp) in enumerate(zip(todo, requests, inputs, strict=True)):
+                self._sessions.get(item.session).pending = inp.new_taps[:0]
+                n = min(item.max_tokens, self.max_block)
+                blocks[i] = DraftBlock(
+                    ids=out.ids[row, :n].tolist(),
+                    q=None if item.sampling.greedy else out.q[row, :n],
+                    confidence=None if out.confidence is None else out.confidence[row, :n].float().cpu())
+        return blocks
