@@ -21,7 +21,9 @@ def _add_generate(sub) -> None:
                     "distributed exactly as the target's. Prints the text, then the decoding statistics.")
     p.add_argument("--target", required=True, help="target causal LM: a local folder or a hub id")
     p.add_argument("--drafter", default="none",
-                   help="none | ngram[:BLOCK] (prompt lookup) | model:PATH (a small LM sharing the tokenizer)")
+                   help="none | ngram[:BLOCK] (prompt lookup) | model:PATH (a small LM sharing the tokenizer) | "
+                        "dspark:PATH | dflash:PATH | eagle3:PATH (DeepSpec-format drafts) | auto:PATH (kind read "
+                        "from the checkpoint's config.json)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text (tokenised with the target's tokenizer)")
     src.add_argument("--prompt-ids", help="comma-separated token ids, for models without a tokenizer")
@@ -42,6 +44,7 @@ def _add_generate(sub) -> None:
 
 
 def cmd_generate(args) -> int:
+    from specserve.decoding.budget import FixedK
     from specserve.decoding.sampling import SamplingParams
     from specserve.drafters.registry import build_drafter
     from specserve.engine.engine import SpecEngine
@@ -57,7 +60,8 @@ def cmd_generate(args) -> int:
              target.vocab_size, args.drafter, time.perf_counter() - t0)
     prompt_ids = _prompt_ids(args, target.tokenizer)
     verifier = LocalVerifier(target, tap_layers=drafter.target_layer_ids if drafter else ())
-    engine = SpecEngine(verifier, drafter, tokenizer=target.tokenizer)
+    policy = FixedK(args.block_size) if args.block_size and drafter is not None else None
+    engine = SpecEngine(verifier, drafter, policy=policy, tokenizer=target.tokenizer)
     stream = not args.json and target.tokenizer is not None
     on_output = (lambda out: print(out.new_text, end="", flush=True)) if stream else None
     request = engine.add_request(prompt_ids, params, on_output=on_output)
@@ -94,6 +98,27 @@ def _prompt_ids(args, tokenizer) -> list[int]:
     return tokenizer(args.prompt)["input_ids"]
 
 
+def _add_drafter(sub) -> None:
+    p = sub.add_parser("drafter", help="inspect draft checkpoints")
+    cmds = p.add_subparsers(dest="drafter_command", required=True, metavar="ACTION")
+    c = cmds.add_parser("check", help="lint a draft checkpoint against a target without loading weights",
+                        description="Check that a DSpark/DFlash/Eagle3 checkpoint fits a target: vocab_size, "
+                                    "hidden_size, num_target_layers, target_layer_ids, mask_token_id, and every "
+                                    "weight key and shape. Exits 2 naming each mismatch.")
+    c.add_argument("--draft", required=True, help="draft checkpoint folder or hub id")
+    c.add_argument("--target", required=True, help="target model folder or hub id (only its config is read)")
+    c.set_defaults(func=cmd_drafter_check)
+
+
+def cmd_drafter_check(args) -> int:
+    from specserve.drafters.factory import check_drafter
+
+    cfg = check_drafter(args.draft, args.target)
+    print(f"ok: {cfg.architecture} ({cfg.kind}), {cfg.num_layers} layer(s), taps {list(cfg.target_layer_ids)}, "
+          f"max block {cfg.max_block} fits {args.target}")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="build the bundled demo models",
                        description="Reproducible recipe for the demo bundle (no network needed).")
@@ -127,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    _add_drafter(sub)
     _add_demo(sub)
     return parser
 

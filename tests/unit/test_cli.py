@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,28 @@ def test_help_via_the_installed_entry_point():
                          text=True, check=True).stdout
     for option in ("--drafter", "--temperature", "--top-p", "--top-k", "--seed", "--max-tokens", "--chat"):
         assert option in out
+
+
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "deepspec_tiny"
+
+
+def test_drafter_check_accepts_a_fitting_draft_and_names_mismatches(capsys, tiny_target_dir):
+    draft = REFERENCE / "dspark_rnn" / "checkpoint"
+    assert main(["drafter", "check", "--draft", str(draft), "--target", str(REFERENCE / "tiny_qwen3_target")]) == 0
+    assert "Qwen3DSparkModel" in capsys.readouterr().out
+    assert main(["drafter", "check", "--draft", str(draft), "--target", str(tiny_target_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "vocab_size" in err and "target_layer_ids" in err
+
+
+@pytest.mark.parametrize("spec", ["auto:{}/dspark_rnn/checkpoint", "dflash:{}/dflash/checkpoint",
+                                  "eagle3:{}/eagle3/checkpoint"])
+def test_generate_with_deepspec_drafts_equals_plain_greedy(capsys, spec):
+    target = str(REFERENCE / "tiny_qwen3_target")
+    args = ["generate", "--target", target, "--prompt-ids", "1,2,3,4,5,6,7,8", "--max-tokens", "16", "--json",
+            "--ignore-eos"]
+    assert main([*args, "--drafter", spec.format(REFERENCE)]) == 0
+    speculative = json.loads(capsys.readouterr().out)
+    assert main([*args, "--drafter", "none"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == speculative["token_ids"]
+    assert speculative["stats"]["drafted"] > 0
