@@ -10,9 +10,14 @@ from tiny_models import tiny_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _single_thread_and_seed():
+    """Tests run tiny models: one intra-op thread is faster than two, and immune to a busy machine
+    (with another job running, torch's spinning pool made a [1024, 64] matmul ~100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

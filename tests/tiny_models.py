@@ -34,7 +34,8 @@ def tiny_config(arch: str, vocab: int = 128, layers: int = 4, hidden: int = 64, 
                                layer_types=["sliding_attention", "sliding_attention", "sliding_attention",
                                             "full_attention"][:layers] * (layers // 4 or 1))
     elif arch == "gemma4":
-        cfg = Gemma4TextConfig(**common, sliding_window=8, global_head_dim=32,
+        # no per-layer input embeddings: their default table (262144 x 256) makes the tiny model slow to build
+        cfg = Gemma4TextConfig(**common, sliding_window=8, global_head_dim=32, hidden_size_per_layer_input=0,
                                layer_types=(["sliding_attention"] * (layers - 1) + ["full_attention"]))
     else:
         raise ValueError(arch)

@@ -11,12 +11,3 @@ def tiny_qwen3_target():
     """The reference's tiny Qwen3 target (fp32, SDPA), as DeepSpec's evaluator loaded it."""
     return AutoModelForCausalLM.from_pretrained(REFERENCE / "tiny_qwen3_target", dtype=torch.float32,
                                                 attn_implementation="sdpa").eval()
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These models are tiny: one intra-op thread is faster, and immune to a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

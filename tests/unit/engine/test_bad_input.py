@@ -13,8 +13,6 @@ from specserve.errors import ContextLengthError, IncompatibleDrafterError, Inval
 from specserve.target.model import CausalLM
 from tiny_models import tiny_config, tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_torch_thread")
-
 VOCAB = 32
 CONTEXT = 64
 PROMPTS = [[1, 2, 3, 4, 5], [6, 7, 6, 7, 6, 7], [9], [10, 11, 12, 13]]

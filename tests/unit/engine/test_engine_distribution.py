@@ -25,7 +25,7 @@ from specserve.engine.verifier import LocalVerifier
 from specserve.target.model import CausalLM
 from tiny_models import tiny_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("single_torch_thread")]
+pytestmark = pytest.mark.slow
 
 VOCAB = 8
 PROMPT = [1, 2, 3, 1, 2, 3]
