@@ -172,10 +172,10 @@ class SpecEngine:
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
             return
-        for r, block, n, res in zip(batch, blocks, budgets, results, strict=True):
+        for r, block, k, n, res in zip(batch, blocks, proposed, budgets, results, strict=True):
             committed = self._round_length(res.tokens, r.params)
-            confidence = None if block.confidence is None else tuple(block.confidence.tolist())
-            r.stats.rounds.append(RoundRecord(drafted=len(block.ids), verified=n, committed=committed,
+            confidence = None if block.confidence is None else tuple(block.confidence[:k].tolist())
+            r.stats.rounds.append(RoundRecord(drafted=k, verified=n, committed=committed,
                                               accepted=min(res.accepted, committed), confidence=confidence))
             if r.id in self._drafting:
                 r.unsent_ids.extend(res.tokens)

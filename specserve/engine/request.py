@@ -22,7 +22,7 @@ class Status(Enum):
 class RoundRecord:
     """One verification round of one request (what evaluation and calibration are computed from)."""
 
-    drafted: int  # tokens the drafter proposed
+    drafted: int  # tokens the drafter proposed that could still be committed (capped by max_tokens/context)
     verified: int  # draft tokens sent to the target (the budget policy's choice)
     accepted: int  # accepted draft tokens (an accepted stop token ends the count)
     committed: int  # tokens this round counts toward τ: accepted + the bonus, none after a stop token
