@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 
+from specserve.data.cli import add_data_parser
 from specserve.errors import SpecServeError
 
 log = logging.getLogger("specserve")
@@ -146,13 +147,53 @@ def cmd_demo_build_target(args) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run gateway + drafter + verifier in one process (embedded mode)",
+                       description="Serve the OpenAI-compatible REST API (/v1/completions, /v1/chat/completions, "
+                                   "/v1/models, /health, /ready, /metrics) with the target and drafter in this "
+                                   "process. Every flag can also be set as an environment variable "
+                                   "SPECSERVE_<FLAG> (e.g. SPECSERVE_PORT=8000); flags win.")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--target", help="target model folder or hub id (default: the bundled demo target)")
+    p.add_argument("--served-model-name", help="model name clients send (default: the target's folder name)")
+    p.add_argument("--drafter", help="drafter spec, as for `generate` (default ngram)")
+    p.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
+    p.add_argument("--policy", choices=["fixed", "threshold", "prefix"],
+                   help="verification budget: fixed-k, static confidence threshold, or the hardware-aware prefix "
+                        "scheduler (Algorithm 1)")
+    p.add_argument("--fixed-k", type=int, help="k of the fixed policy")
+    p.add_argument("--threshold", type=float, help="cumulative-confidence threshold of the threshold policy")
+    p.add_argument("--max-batch", type=int, help="requests decoded together")
+    p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
+    p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    import asyncio
+
+    from services.gateway.embedded import serve
+    from services.gateway.settings import GatewaySettings
+
+    fields = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
+              "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device")
+    given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    asyncio.run(serve(GatewaySettings(**given)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specserve", description="Lossless speculative decoding: "
                                      "train draft models, evaluate them, serve a target faster with them.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generate(sub)
+    _add_serve(sub)
     _add_drafter(sub)
+    add_data_parser(sub)
     _add_demo(sub)
     return parser
 

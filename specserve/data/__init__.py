@@ -1,0 +1,1 @@
+"""Training data: prompt sets, answer regeneration, tokenisation, and target features (cached or online)."""
