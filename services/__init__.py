@@ -1,0 +1,1 @@
+"""The network services: gateway, drafter, verifier (transport, validation and lifecycle only)."""

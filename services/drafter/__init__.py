@@ -1,0 +1,1 @@
+"""The drafter service: one specserve drafter behind gRPC (`specserve.v1.Drafter`)."""

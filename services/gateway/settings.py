@@ -1,0 +1,65 @@
+"""The gateway's typed settings: one object, read from flags (init kwargs) and `SPECSERVE_*` variables."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Everything `specserve serve` needs. Keyword arguments override environment variables.
+
+    Example: `SPECSERVE_POLICY=prefix SPECSERVE_API_KEYS=key1,key2 specserve serve --port 8000`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SPECSERVE_", extra="forbid")
+
+    # --- server -----------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="Bearer keys accepted on /v1/*; empty = no authentication. Env: comma-separated.")
+    drain_timeout_s: int = Field(30, ge=0, description="graceful shutdown: time in-flight requests get to finish")
+
+    # --- models -----------------------------------------------------------------------------------
+    target: str = Field("models/demo/target", description="target causal LM: a local folder or a hub id")
+    served_model_name: str | None = Field(None, description="the `model` id clients send; default: `target`")
+    drafter: str = Field("ngram", description="none | ngram[:BLOCK] | model:PATH (see specserve.drafters.registry)")
+    block_size: int | None = Field(None, ge=1, le=64, description="draft tokens per round (γ); default: drafter's")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    max_model_len: int | None = Field(None, ge=2, description="cap on the target's context window")
+
+    # --- verification budget ----------------------------------------------------------------------
+    policy: Literal["fixed", "threshold", "prefix"] = Field(
+        "fixed", description="fixed-k | static cumulative-confidence threshold | hardware-aware prefix scheduler")
+    fixed_k: int | None = Field(None, ge=0, description="k of the fixed policy; default: the block size")
+    threshold: float = Field(0.3, ge=0.0, lt=1.0, description="survival threshold of the static policy")
+
+    # --- admission --------------------------------------------------------------------------------
+    max_batch: int = Field(32, ge=1, description="requests decoded together in one engine round")
+    max_waiting: int = Field(64, ge=1, description="engine requests admitted at once (queued + running)")
+    n_limit: int = Field(8, ge=1, description="largest `n` (choices per request) accepted")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503 answers")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value):
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.n_limit > self.max_waiting:
+            raise ValueError(f"n_limit ({self.n_limit}) cannot exceed max_waiting ({self.max_waiting}): "
+                             "a request with n choices needs n admission slots")
+        return self
+
+    @property
+    def model_id(self) -> str:
+        """The model name served on /v1/models and required in every request."""
+        return self.served_model_name or self.target

@@ -1,0 +1,3 @@
+from services.verifier.main import main
+
+main()

@@ -1,0 +1,74 @@
+"""SPS(B) profiling: how many target forward steps per second the hardware sustains with B tokens per forward.
+
+The hardware-aware prefix scheduler (decoding/budget.py, algorithms.md §7) trades verified tokens for
+forward speed, so it needs this curve for the machine the target runs on. A forward of B tokens is laid
+out the way verification lays it out: sessions of `context` cached tokens each appending
+`tokens_per_session` tokens (the anchor plus drafts), the last one fewer, with the chosen taps captured
+and logits for every position. Every session is truncated back after each forward, so every size sees
+the same cache lengths.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+
+from specserve.target.model import CausalLM
+
+DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def profile_sps(target: CausalLM, sizes: Sequence[int] = DEFAULT_SIZES, context: int = 128,
+                tokens_per_session: int = 4, repeats: int = 3, taps: Sequence[int] = ()) -> dict[int, float]:
+    """Return {B: forward steps per second} for each B in `sizes`, the median of `repeats` timed forwards.
+
+    Noise can make a larger B look faster; a forward over more tokens is never faster in expectation, so
+    the table is made non-increasing (each value at most the one before). Scratch sessions are closed
+    before returning.
+    """
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be positive token counts, got {list(sizes)}")
+    if repeats < 1 or tokens_per_session < 1:
+        raise ValueError(f"repeats and tokens_per_session must be >= 1, got {repeats}, {tokens_per_session}")
+    context = max(1, min(context, target.max_context - tokens_per_session))
+    rows = math.ceil(max(sizes) / tokens_per_session)
+    sessions = [f"__specserve_sps_{i}__" for i in range(rows)]
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.randint(0, target.vocab_size, (rows, context), generator=gen).tolist()
+    for s in sessions:
+        target.open(s)
+    try:
+        target.forward(sessions, prefix, last_only=True)
+        table = {}
+        for b in sorted(set(sizes)):
+            counts = _split(b, tokens_per_session)
+            batch = sessions[: len(counts)]
+            tokens = [prefix[i][:n] for i, n in enumerate(counts)]
+            timings = [_timed_forward(target, batch, tokens, taps, context) for _ in range(repeats + 1)][1:]
+            table[b] = 1.0 / sorted(timings)[len(timings) // 2]  # the first run warms up allocations
+    finally:
+        for s in sessions:
+            target.close(s)
+    best = math.inf
+    for b in sorted(table):
+        best = table[b] = min(best, table[b])
+    return table
+
+
+def _split(tokens: int, per_session: int) -> list[int]:
+    full, rest = divmod(tokens, per_session)
+    return [per_session] * full + ([rest] if rest else [])
+
+
+def _timed_forward(target: CausalLM, sessions: list[str], tokens: list[list[int]], taps, context: int) -> float:
+    start = time.perf_counter()
+    target.forward(sessions, tokens, taps=taps)
+    if target.device.type == "cuda":
+        torch.cuda.synchronize(target.device)
+    elapsed = time.perf_counter() - start
+    for s in sessions:
+        target.truncate(s, context)
+    return max(elapsed, 1e-9)

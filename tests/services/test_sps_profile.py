@@ -1,0 +1,22 @@
+"""SPS(B) profiling of the target (specserve/target/profile.py), which the verifier service runs at start-up."""
+
+import pytest
+
+from specserve.target.model import CausalLM
+from specserve.target.profile import profile_sps
+
+
+def test_profile_covers_the_sizes_is_non_increasing_and_leaves_the_cache_as_it_was(model):
+    target = CausalLM(model)
+    target.open("user")
+    target.forward(["user"], [[1, 2, 3]])
+    table = profile_sps(target, sizes=(8, 1, 3), context=16, tokens_per_session=2, repeats=1, taps=(1,))
+    assert sorted(table) == [1, 3, 8]
+    assert all(v > 0 for v in table.values())
+    assert table[1] >= table[3] >= table[8]
+    assert target.cache.sessions() == ["user"] and target.length("user") == 3
+
+
+def test_bad_sizes_are_refused(model):
+    with pytest.raises(ValueError, match="sizes"):
+        profile_sps(CausalLM(model), sizes=(0, 4))
