@@ -106,16 +106,14 @@ class RemoteVerifier:
 
     # ---- the Verifier interface -----------------------------------------------------------------
     def open(self, batch: list[OpenRequest]) -> list[OpenResult]:
-        """Prefill on the least-loaded healthy replicas; raises when an item fails (nothing stays open)."""
+        """Prefill on the least-loaded healthy replicas; an item that fails everywhere carries its error."""
         opened, failed = self._open_items([_open_item(r) for r in batch], avoid=set())
-        if failed:
-            for session, (rep, _) in opened.items():
-                self._close_on(rep, session)
-            session, (code, message) = next(iter(failed.items()))
-            raise RemoteCallError("verifier", code, f"open {session!r}: {message} ({len(failed)} of {len(batch)} "
-                                                    f"items failed)")
         results = []
         for r in batch:
+            if r.session in failed:
+                code, message = failed[r.session]
+                results.append(OpenResult(r.session, -1, None, error=f"open failed ({code.name}): {message}"))
+                continue
             rep, res = opened[r.session]
             rep.sessions += 1
             self._sessions[r.session] = _Session(list(r.prompt_ids), r.sampling, [res.token], rep)
@@ -173,9 +171,9 @@ class RemoteVerifier:
                                 res.status.message)
                     retry.append(r)
                     lost.append(r.session)
-                else:
-                    raise RemoteCallError(rep.target, grpc_code(res.status.code),
-                                          f"verify {r.session!r}: {res.status.message}")
+                else:  # a fault of this item alone: it fails, the rest of the batch goes on
+                    done[r.session] = VerifyResult(r.session, 0, [], None, error=f"verify failed on {rep.target} "
+                                                   f"({grpc_code(res.status.code).name}): {res.status.message}")
         return retry, lost
 
     def close(self, session: str) -> None:

@@ -27,7 +27,7 @@ from services.gateway import serving
 from services.gateway.admission import Admission, with_cancellation
 from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.errors import APIError, error_response, install_error_handlers
-from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics, MeteredVerifier
+from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.responses import Formatter
 from services.gateway.settings import GatewaySettings
@@ -45,7 +45,7 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
                engine_factory: EngineFactory | None = None) -> FastAPI:
     """Build the app around `engine`, or around the engine `engine_factory(settings)` builds at start-up.
 
-    The engine's verifier is wrapped in a `MeteredVerifier` (speculation metrics) when the app starts.
+    Speculation metrics are fed by an engine verify observer registered when the app starts.
     """
     if (engine is None) == (engine_factory is None):
         raise ValueError("pass exactly one of engine= or engine_factory=")
@@ -56,7 +56,7 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
         if built.tokenizer is None:
             raise ModelLoadError("the gateway needs a target with a tokenizer (text in, text out)")
         metrics = GatewayMetrics(settings.model_id)
-        built.verifier = MeteredVerifier(built.verifier, metrics)
+        built.verify_observers.append(metrics.observe_verify)
         metrics.watch_engine(built)
         state = serving.GatewayState(settings, built, AsyncSpecEngine(built), metrics,
                                      Admission(settings.max_waiting, settings.retry_after_s))
@@ -102,9 +102,12 @@ def _state(request: Request, serving_only: bool = True) -> serving.GatewayState:
     return state
 
 
-@router.get("/health")
-async def health() -> dict:
-    """Liveness: the process is up and answering."""
+@router.get("/health", responses={503: {"description": "the engine thread has died"}})
+async def health(request: Request) -> dict:
+    """Liveness: the process answers and, once started, its engine thread runs."""
+    state = getattr(request.app.state, "gateway", None)
+    if state is not None and state.ready and not state.aengine.is_alive():
+        raise APIError(503, "the engine loop has stopped", headers={"Retry-After": str(state.settings.retry_after_s)})
     return {"status": "ok"}
 
 

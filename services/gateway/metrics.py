@@ -1,8 +1,8 @@
 """Prometheus metrics of one gateway, named as vLLM's with a `specserve:` prefix.
 
 Each app owns a `CollectorRegistry` (no global state, so tests can run several gateways in one process).
-Speculation counters are fed by `MeteredVerifier`, a pass-through around whatever Verifier the engine
-uses (in-process or remote), so they move while requests run, as vLLM's do. Latencies are measured
+Speculation counters are fed by `observe_verify`, registered as the engine's verify observer, whatever
+Verifier the engine uses (in-process or remote), so they move while requests run, as vLLM's do. Latencies are measured
 at the gateway, from admission to the deltas reaching the handler.
 
 Derived values (PromQL):
@@ -20,7 +20,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from specserve.engine.verifier import OpenRequest, OpenResult, Verifier, VerifyRequest, VerifyResult
+from specserve.engine.verifier import VerifyRequest, VerifyResult
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                  20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -121,32 +121,3 @@ class RequestTimer:
         self.metrics.finished(reason)
         if reason in ("stop", "length"):
             self.metrics.e2e.observe(time.perf_counter() - self.start)
-
-
-class MeteredVerifier:
-    """A Verifier that forwards every call to `inner` and counts what each verify call did."""
-
-    def __init__(self, inner: Verifier, metrics: GatewayMetrics):
-        self.inner = inner
-        self.metrics = metrics
-        self.vocab_size = inner.vocab_size
-        self.max_context = inner.max_context
-        self.eos_token_ids = inner.eos_token_ids
-
-    def open(self, batch: list[OpenRequest]) -> list[OpenResult]:
-        """Prefill (pass-through)."""
-        return self.inner.open(batch)
-
-    def verify(self, batch: list[VerifyRequest]) -> list[VerifyResult]:
-        """Verify (pass-through), then count the round."""
-        results = self.inner.verify(batch)
-        self.metrics.observe_verify(batch, results)
-        return results
-
-    def close(self, session: str) -> None:
-        """Close a session (pass-through)."""
-        self.inner.close(session)
-
-    def load(self):
-        """The inner verifier's load report (pass-through)."""
-        return self.inner.load()

@@ -122,17 +122,14 @@ def build_choices(state: GatewayState, req: SamplingFields, prompts: Sequence[li
     if len(prompts) * req.n > limit:
         raise APIError.bad_request(prompt_field, f"{len(prompts)} prompts x n={req.n} exceed the server's limit "
                                                  f"of {limit} choices per request")
-    vocab, context = state.engine.verifier.vocab_size, state.max_context
+    context = state.max_context
     choices = []
     for p, ids in enumerate(prompts):
-        if not ids:
-            raise APIError.bad_request(prompt_field, "must contain at least one token")
-        if any(not 0 <= t < vocab for t in ids):
-            raise APIError.bad_request(prompt_field, f"token ids must be in [0, {vocab})")
+        try:
+            state.engine.check_prompt(ids)
+        except InvalidRequestError as exc:
+            raise APIError.from_engine(exc, {"prompt": prompt_field}) from None
         room = context - len(ids)
-        if room < 1:
-            raise APIError.bad_request(prompt_field, f"{len(ids)} prompt tokens do not fit the context of {context} "
-                                       "tokens (at least one token must be generated)", "context_length_exceeded")
         if max_tokens is not None and max_tokens > room:
             raise APIError.bad_request(max_tokens_field, f"{len(ids)} prompt tokens + {max_tokens} requested exceed "
                                        f"the context of {context} tokens", "context_length_exceeded")

@@ -32,6 +32,7 @@ class TargetRecipe:
     """Every knob of the demo target, with the values the committed bundle was built with."""
 
     seed: int = 1234
+    threads: int = 2  # torch intra-op threads (the 2-core machine the bundle was built on)
     vocab_size: int = 4096
     hidden_size: int = 256
     intermediate_size: int = 1024
@@ -41,7 +42,7 @@ class TargetRecipe:
     head_dim: int = 64
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 800
+    steps: int = 600
     lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
@@ -116,6 +117,7 @@ def heldout_loss(model, tokens: np.ndarray, recipe: TargetRecipe) -> float:
 def pretrain_target(out_dir: Path, recipe: TargetRecipe) -> dict:
     """Train tokenizer + target, save them (bf16 safetensors) in `out_dir`; returns the build facts."""
     torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
     rng = random.Random(recipe.seed)
     corpus = stdlib_corpus()
     log.info("corpus: %d train / %d held-out files under %s", len(corpus.train), len(corpus.heldout), corpus.root)

@@ -42,6 +42,10 @@ class AsyncSpecEngine:
             self._thread.join()
             self._thread = None
 
+    def is_alive(self) -> bool:
+        """Whether the engine thread runs (for liveness probes)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
+
     async def __aenter__(self):
         self.start()
         return self

@@ -23,7 +23,7 @@ from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
 from specserve.engine.request import Request, RequestOutput, RoundRecord, Status
-from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest
+from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest, VerifyResult
 from specserve.errors import ContextLengthError, IncompatibleDrafterError, InvalidRequestError
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class SpecEngine:
         self._detok: dict[str, IncrementalDetokenizer] = {}
         self._drafting: set[str] = set()  # requests whose drafter session is healthy
         self._live_ids: set[str] = set()  # ids added and not yet finished (add_request may run on any thread)
+        # called after every successful verify with (requests, results): metrics, tracing
+        self.verify_observers: list[Callable[[list[VerifyRequest], list[VerifyResult]], None]] = []
         self._ids_lock = threading.Lock()
 
     # ---- requests in ----------------------------------------------------------------------------
@@ -61,7 +63,7 @@ class SpecEngine:
                     on_output: Callable[[RequestOutput], None] | None = None) -> Request:
         """Validate and enqueue a request; it is admitted at the next `step`. Thread-safe."""
         params = params or SamplingParams()
-        prompt = self._check_prompt(prompt_ids)
+        prompt = self.check_prompt(prompt_ids)
         if params.seed is None:
             params = _with_seed(params, secrets.randbits(63))
         if params.stop and self.tokenizer is None:
@@ -86,13 +88,14 @@ class SpecEngine:
         """Run a list of prompts to completion (offline use, tests, benchmarks)."""
         per = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
         for prompt in prompts:  # validate every prompt before queueing any, so a bad one leaves nothing behind
-            self._check_prompt(prompt)
+            self.check_prompt(prompt)
         requests = [self.add_request(p, sp) for p, sp in zip(prompts, per, strict=True)]
         while self.has_unfinished():
             self.step()
         return requests
 
-    def _check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+    def check_prompt(self, prompt_ids: Sequence[int]) -> list[int]:
+        """Validate a prompt (non-empty, ids in the vocabulary, room for one new token); returns it as a list."""
         prompt = list(prompt_ids)
         if not prompt:
             raise InvalidRequestError("prompt", "must contain at least one token")
@@ -141,6 +144,9 @@ class SpecEngine:
                 self._finish(r, "error", outputs, error=str(exc))
             return
         for r, res in zip(batch, opened, strict=True):
+            if res.error is not None:
+                self._finish(r, "error", outputs, error=res.error)
+                continue
             r.status = Status.RUNNING
             self.running.append(r)
             if self.tokenizer is not None:
@@ -172,7 +178,15 @@ class SpecEngine:
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
             return
+        for observer in self.verify_observers:
+            try:
+                observer(items, results)
+            except Exception:  # an observer (metrics) must never break decoding
+                log.exception("verify observer %r failed", observer)
         for r, block, k, n, res in zip(batch, blocks, proposed, budgets, results, strict=True):
+            if res.error is not None:
+                self._finish(r, "error", outputs, error=res.error)
+                continue
             committed = self._round_length(res.tokens, r.params)
             confidence = None if block.confidence is None else tuple(block.confidence[:k].tolist())
             r.stats.rounds.append(RoundRecord(drafted=k, verified=n, committed=committed,

@@ -38,6 +38,7 @@ class OpenResult:
     session: str
     token: int  # the first output token
     taps: torch.Tensor | None  # [len(prompt), m*H] target features of the prompt
+    error: str | None = None  # this item failed (the others of the batch did not); token/taps are meaningless
 
 
 @dataclass
@@ -56,6 +57,7 @@ class VerifyResult:
     accepted: int  # accepted draft tokens
     tokens: list[int]  # accepted drafts + the replacement/bonus token (committed this round)
     taps: torch.Tensor | None  # [accepted + 1, m*H] features of the newly processed positions
+    error: str | None = None  # this item failed (the others of the batch did not)
 
 
 class Verifier(Protocol):

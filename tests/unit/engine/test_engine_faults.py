@@ -69,3 +69,36 @@ def test_new_requests_use_the_drafter_again(model, reference):
     later = engine.generate(PROMPTS, PARAMS)
     assert [r.output_ids for r in later] == reference
     assert any(r.stats.accepted > 0 for r in later)
+
+
+class OneBadItemVerifier(LocalVerifier):
+    """Reports a per-item error for one session at its `fail_round`-th verify (an injected fault: a healthy
+    in-process verifier has no per-item failures; remote replicas do)."""
+
+    def __init__(self, target, bad_prompt, fail_round=2):
+        super().__init__(target)
+        self.bad_prompt, self.fail_round, self.rounds, self.bad = bad_prompt, fail_round, 0, None
+
+    def open(self, batch):
+        results = super().open(batch)
+        self.bad = next((i.session for i in batch if i.prompt_ids == self.bad_prompt), self.bad)
+        return results
+
+    def verify(self, batch):
+        self.rounds += 1
+        results = super().verify(batch)
+        if self.rounds == self.fail_round:
+            for res in results:
+                if res.session == self.bad:
+                    res.error = "replica lost the session and could not rebuild it"
+        return results
+
+
+def test_a_per_item_verify_error_fails_only_that_request(model, reference):
+    verifier = OneBadItemVerifier(CausalLM(model), PROMPTS[1])
+    engine = SpecEngine(verifier, NgramDrafter(max_block=4))
+    requests = engine.generate(PROMPTS, PARAMS)
+    assert [r.finish_reason for r in requests] == ["length", "error", "length"]
+    assert "could not rebuild" in requests[1].error
+    assert [requests[0].output_ids, requests[2].output_ids] == [reference[0], reference[2]]
+    assert len(verifier.target.cache) == 0
