@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from pydantic import ValidationError
+
 from specserve.data.cli import add_data_parser
 from specserve.errors import SpecServeError
 
@@ -147,41 +149,97 @@ def cmd_demo_build_target(args) -> int:
     return 0
 
 
+_GATEWAY_FIELDS = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
+                   "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device", "verifier_urls",
+                   "drafter_url")
+
+
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="run gateway + drafter + verifier in one process (embedded mode)",
-                       description="Serve the OpenAI-compatible REST API (/v1/completions, /v1/chat/completions, "
-                                   "/v1/models, /health, /ready, /metrics) with the target and drafter in this "
-                                   "process. Every flag can also be set as an environment variable "
-                                   "SPECSERVE_<FLAG> (e.g. SPECSERVE_PORT=8000); flags win.")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--target", help="target model folder or hub id (default: the bundled demo target)")
-    p.add_argument("--served-model-name", help="model name clients send (default: the target's folder name)")
-    p.add_argument("--drafter", help="drafter spec, as for `generate` (default ngram)")
-    p.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
-    p.add_argument("--policy", choices=["fixed", "threshold", "prefix"],
-                   help="verification budget: fixed-k, static confidence threshold, or the hardware-aware prefix "
-                        "scheduler (Algorithm 1)")
-    p.add_argument("--fixed-k", type=int, help="k of the fixed policy")
-    p.add_argument("--threshold", type=float, help="cumulative-confidence threshold of the threshold policy")
-    p.add_argument("--max-batch", type=int, help="requests decoded together")
-    p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
-    p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
-    p.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
-    p.set_defaults(func=cmd_serve)
+    common = dict(description="Serve the OpenAI-compatible REST API (/v1/completions, /v1/chat/completions, "
+                              "/v1/models, /health, /ready, /metrics). Every flag can also be set as an "
+                              "environment variable SPECSERVE_<FLAG> (e.g. SPECSERVE_PORT=8000); flags win.")
+    serve = sub.add_parser("serve", help="run gateway + drafter + verifier in one process (embedded mode)", **common)
+    gateway = sub.add_parser("serve-gateway", help="run the gateway over remote verifier/drafter services",
+                             **common)
+    for p in (serve, gateway):
+        p.add_argument("--host", help="bind address (default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default 8000)")
+        p.add_argument("--target", help="target model folder or hub id (default: the bundled demo target); in "
+                                        "scale-out mode only its tokenizer is loaded")
+        p.add_argument("--served-model-name", help="model name clients send (default: the target's path)")
+        p.add_argument("--policy", choices=["fixed", "threshold", "prefix"],
+                       help="verification budget: fixed-k, static confidence threshold, or the hardware-aware "
+                            "prefix scheduler (Algorithm 1)")
+        p.add_argument("--fixed-k", type=int, help="k of the fixed policy")
+        p.add_argument("--threshold", type=float, help="cumulative-confidence threshold of the threshold policy")
+        p.add_argument("--max-batch", type=int, help="requests decoded together")
+        p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
+        p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
+        p.set_defaults(func=cmd_serve)
+    serve.add_argument("--drafter", help="drafter spec, as for `generate` (default ngram)")
+    serve.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
+    serve.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    serve.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+    gateway.add_argument("--verifier-urls", required=True, help="comma-separated verifier replicas (host:port)")
+    gateway.add_argument("--drafter-url", help="drafter service (host:port); unset = no speculation")
+
+    verifier = sub.add_parser("serve-verifier", help="run the gRPC verifier service around the target",
+                              description="Serve the target over gRPC (specserve.v1.Verifier) with health and "
+                                          "reflection; profiles SPS(B) at start-up. Environment: "
+                                          "SPECSERVE_VERIFIER_<FIELD>; flags win.")
+    verifier.add_argument("--host", help="bind address (default 0.0.0.0)")
+    verifier.add_argument("--port", type=int, help="port (default 50051)")
+    verifier.add_argument("--model", help="target model folder or hub id")
+    verifier.add_argument("--tap-layers", help="comma-separated target layers returned as taps (the drafter's)")
+    verifier.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    verifier.add_argument("--device", help="torch device")
+    verifier.set_defaults(func=cmd_serve_verifier)
+    drafter = sub.add_parser("serve-drafter", help="run the gRPC drafter service",
+                             description="Serve a drafter over gRPC (specserve.v1.Drafter) with health and "
+                                         "reflection. Environment: SPECSERVE_DRAFTER_<FIELD>; flags win.")
+    drafter.add_argument("--host", help="bind address (default 0.0.0.0)")
+    drafter.add_argument("--port", type=int, help="port (default 50052)")
+    drafter.add_argument("--drafter", help="drafter spec, as for `generate`")
+    drafter.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
+    drafter.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    drafter.add_argument("--device", help="torch device")
+    drafter.set_defaults(func=cmd_serve_drafter)
+
+
+def _given(args, fields) -> dict:
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
 
 def cmd_serve(args) -> int:
     import asyncio
 
-    from services.gateway.embedded import serve
+    from services.gateway.main import serve
     from services.gateway.settings import GatewaySettings
 
-    fields = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
-              "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device")
-    given = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
-    asyncio.run(serve(GatewaySettings(**given)))
+    asyncio.run(serve(GatewaySettings(**_given(args, _GATEWAY_FIELDS))))
+    return 0
+
+
+def cmd_serve_verifier(args) -> int:
+    import asyncio
+
+    from services.verifier.main import serve
+    from services.verifier.settings import VerifierSettings
+
+    given = _given(args, ("host", "port", "model", "dtype", "device"))
+    if args.tap_layers:
+        given["tap_layers"] = tuple(int(t) for t in args.tap_layers.split(","))
+    asyncio.run(serve(VerifierSettings(**given)))
+    return 0
+
+
+def cmd_serve_drafter(args) -> int:
+    import asyncio
+
+    from services.drafter.main import serve
+    from services.drafter.settings import DrafterSettings
+
+    asyncio.run(serve(DrafterSettings(**_given(args, ("host", "port", "drafter", "block_size", "dtype", "device")))))
     return 0
 
 
@@ -204,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except SpecServeError as exc:
+    except (SpecServeError, ValidationError) as exc:  # ValidationError: a service settings flag out of range
         print(f"specserve {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

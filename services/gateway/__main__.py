@@ -1,5 +1,5 @@
-"""`python -m services.gateway`: the embedded gateway, configured from `SPECSERVE_*` environment variables."""
+"""`python -m services.gateway`: the gateway, configured from `SPECSERVE_*` environment variables."""
 
-from services.gateway.embedded import main
+from services.gateway.main import main
 
 main()

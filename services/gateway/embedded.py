@@ -1,19 +1,16 @@
 """Embedded mode: target, drafter and verifier in the gateway's process, with in-process transports.
 
-`specserve serve` is `asyncio.run(serve(GatewaySettings(...)))`. The engine is the same SpecEngine the
-distributed mode runs; only the Verifier and Drafter are the in-process implementations.
+The engine is the same SpecEngine the scale-out mode (remote.py) runs; only the Verifier and Drafter
+are the in-process implementations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
-from services.gateway.app import create_app, serve_app
+from services.gateway.policy import build_policy
 from services.gateway.settings import GatewaySettings
-from specserve.decoding.budget import BudgetPolicy, FixedK, PrefixScheduler, StaticThreshold
-from specserve.drafters.base import Drafter
 from specserve.drafters.registry import build_drafter
 from specserve.engine.engine import SpecEngine
 from specserve.engine.verifier import LocalVerifier
@@ -21,18 +18,6 @@ from specserve.target.model import CausalLM
 from specserve.target.profile import profile_sps
 
 log = logging.getLogger(__name__)
-
-
-def build_policy(settings: GatewaySettings, drafter: Drafter | None) -> BudgetPolicy:
-    """The verification-budget policy named by `settings.policy` (no drafter: plain decoding, k = 0)."""
-    if drafter is None:
-        return FixedK(0)
-    block = drafter.max_block
-    if settings.policy == "fixed":
-        return FixedK(block if settings.fixed_k is None else min(settings.fixed_k, block))
-    if settings.policy == "threshold":
-        return StaticThreshold(settings.threshold, block)
-    return PrefixScheduler(block)
 
 
 def build_embedded_engine(settings: GatewaySettings) -> SpecEngine:
@@ -55,15 +40,3 @@ def build_embedded_engine(settings: GatewaySettings) -> SpecEngine:
     log.info("loaded %s (%d layers, context %d) with drafter %s and %s policy in %.1fs", settings.target,
              target.num_layers, target.max_context, settings.drafter, settings.policy, time.perf_counter() - start)
     return engine
-
-
-async def serve(settings: GatewaySettings | None = None) -> None:
-    """Run the embedded gateway (OpenAI API on settings.host:settings.port) until SIGINT/SIGTERM."""
-    settings = settings or GatewaySettings()
-    await serve_app(create_app(settings, engine_factory=build_embedded_engine), settings)
-
-
-def main() -> None:
-    """`python -m services.gateway`: the embedded gateway configured from `SPECSERVE_*` variables."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve())

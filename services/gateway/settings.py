@@ -33,6 +33,13 @@ class GatewaySettings(BaseSettings):
     device: str = "cpu"
     max_model_len: int | None = Field(None, ge=2, description="cap on the target's context window")
 
+    # --- scale-out: remote drafter/verifier services (empty = embedded, in-process) ------------------
+    verifier_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="gRPC addresses of verifier replicas (host:port); set = scale-out mode, "
+                                          "`target` then only supplies the tokenizer. Env: comma-separated.")
+    drafter_url: str | None = Field(None, description="gRPC address of the drafter service (scale-out mode); "
+                                                      "unset = no speculation")
+
     # --- verification budget ----------------------------------------------------------------------
     policy: Literal["fixed", "threshold", "prefix"] = Field(
         "fixed", description="fixed-k | static cumulative-confidence threshold | hardware-aware prefix scheduler")
@@ -45,7 +52,7 @@ class GatewaySettings(BaseSettings):
     n_limit: int = Field(8, ge=1, description="largest `n` (choices per request) accepted")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503 answers")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "verifier_urls", mode="before")
     @classmethod
     def _split_keys(cls, value):
         if isinstance(value, str):

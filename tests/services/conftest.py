@@ -1,19 +1,9 @@
 """Fixtures of the service tests: gRPC servers in-process on a background event loop, tiny models."""
 
 import pytest
-import torch
 from svc_helpers import VOCAB, LoopThread
 
 from tiny_models import tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they spin (see unit tests)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from gateway_testkit import API_KEY, LiveServer, gateway_settings
 
 from services.gateway.app import create_app
 from services.gateway.embedded import build_embedded_engine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads; on 2 shared cores they only contend."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.gateway.app import create_app
-from services.gateway.embedded import build_embedded_engine, build_policy
+from services.gateway.embedded import build_embedded_engine
+from services.gateway.policy import build_policy
 from services.gateway.settings import GatewaySettings
 from specserve.decoding.budget import FixedK, PrefixScheduler, StaticThreshold
 from specserve.decoding.sampling import SamplingParams
