@@ -12,6 +12,8 @@ from pydantic import ValidationError
 
 from specserve.data.cli import add_data_parser
 from specserve.errors import SpecServeError
+from specserve.eval.cli import add_calibrate_parser, add_eval_parser
+from specserve.training.cli import add_train_parser
 
 log = logging.getLogger("specserve")
 
@@ -252,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_drafter(sub)
     add_data_parser(sub)
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_calibrate_parser(sub)
     _add_demo(sub)
     return parser
 

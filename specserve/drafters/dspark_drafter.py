@@ -3,10 +3,13 @@
 Each `propose` commits the new tokens and taps of every session and drafts its next block in the
 same forward (the taps are appended to the session's context cache while the block attends to them).
 Slots are sampled left to right with the request's own sampling parameters, so `q` is the exact
-processed distribution of each draft, and the confidence head's `c_j` rides along for the budget policy.
+processed distribution of each draft, and the confidence head's `c_j` rides along for the budget policy,
+rescaled by the draft's Sequential Temperature Scaling temperatures when it was calibrated (`eval.sts`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -14,13 +17,17 @@ from specserve.drafters.base import DraftBlock, DraftRequest
 from specserve.drafters.dspark import BlockInput, DSparkModel
 from specserve.drafters.tap_session import BatchSampler, SessionStore
 from specserve.errors import SessionError
+from specserve.eval.calibration import apply_temperatures
 
 
 class DSparkDrafter:
     """Drafts γ = block_size tokens per round with a DSpark/DFlash model (the `Drafter` protocol)."""
 
-    def __init__(self, model: DSparkModel):
+    def __init__(self, model: DSparkModel, temperatures: Sequence[float] | None = None):
         self.model = model.eval()
+        # STS temperature T_k of slot k (calibration.json); None = the raw head. Public so that a
+        # calibration run can record raw confidences from a draft that is already calibrated.
+        self.temperatures = tuple(float(t) for t in temperatures) if temperatures else None
         cfg = model.cfg
         weight = model.fc.weight
         self._sessions = SessionStore(cfg.num_layers, cfg.num_taps * cfg.hidden_size, weight.device, weight.dtype)
@@ -62,11 +69,13 @@ class DSparkDrafter:
             k = max(min(r.max_tokens, self.max_block) for r in requests)
             sampler = BatchSampler(requests, k)
             out = self.model.draft_block(inputs, k, sampler)
+            confidence = None if out.confidence is None else apply_temperatures(out.confidence.float().cpu(),
+                                                                                self.temperatures)
             for row, (i, item, inp) in enumerate(zip(todo, requests, inputs, strict=True)):
                 self._sessions.get(item.session).pending = inp.new_taps[:0]
                 n = min(item.max_tokens, self.max_block)
                 blocks[i] = DraftBlock(
                     ids=out.ids[row, :n].tolist(),
                     q=None if item.sampling.greedy else out.q[row, :n],
-                    confidence=None if out.confidence is None else out.confidence[row, :n].float().cpu())
+                    confidence=None if confidence is None else confidence[row, :n])
         return blocks

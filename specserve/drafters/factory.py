@@ -16,6 +16,7 @@ from specserve.drafters.draft_config import DraftConfig
 from specserve.drafters.dspark_drafter import DSparkDrafter
 from specserve.drafters.eagle3_drafter import Eagle3Drafter
 from specserve.errors import IncompatibleDrafterError, ModelLoadError
+from specserve.eval.sts import load_calibration
 from specserve.target.model import CausalLM
 
 TAP_KINDS = ("dspark", "dflash", "eagle3")
@@ -26,6 +27,7 @@ def load_tap_drafter(source: str | Path, target: CausalLM, kind: str | None = No
 
     `dspark` and `dflash` name the same architecture (DFlash is DSpark without its heads), so either
     accepts either checkpoint; asking for `eagle3` with a parallel draft, or the reverse, is refused.
+    A DSpark draft whose folder holds STS temperatures (`calibration.json`) applies them to its confidences.
     """
     if kind is not None and kind not in TAP_KINDS:
         raise ValueError(f"kind must be one of {TAP_KINDS} or None, got {kind!r}")
@@ -33,7 +35,10 @@ def load_tap_drafter(source: str | Path, target: CausalLM, kind: str | None = No
     if kind is not None and (kind == "eagle3") != (model.cfg.kind == "eagle3"):
         raise IncompatibleDrafterError(f"drafter: asked for {kind} but {source} holds a {model.cfg.kind} draft "
                                        f"({model.cfg.architecture})")
-    return Eagle3Drafter(model) if model.cfg.kind == "eagle3" else DSparkDrafter(model)
+    if model.cfg.kind == "eagle3":
+        return Eagle3Drafter(model)
+    calibration = load_calibration(resolve(source))
+    return DSparkDrafter(model, temperatures=calibration.temperatures if calibration else None)
 
 
 def check_drafter(draft: str | Path, target: str | Path) -> DraftConfig:

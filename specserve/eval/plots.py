@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from specserve.eval.acceptance import AcceptanceStats
 from specserve.eval.calibration import CalibrationReport
@@ -54,8 +55,10 @@ def plot_conditional_acceptance(results: Results, path: str | Path) -> Path:
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=drafter)
         ax.set(title=bench, xlabel="draft position k", ylabel="P(accept k | accepted < k)", ylim=(0, 1.02))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:  # a drafter-less baseline has no positions to plot
+            ax.legend(fontsize="small")
     return _save(fig, path)
 
 
@@ -102,7 +105,8 @@ def plot_reliability(reports: Mapping[str, CalibrationReport], path: str | Path,
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker=".", label=f"{variant} (ECE {pos.ece:.3f})")
         ax.set(title=f"k = {k}", xlabel="predicted P_k", ylabel="observed accept ≥ k", xlim=(0, 1), ylim=(0, 1))
-        ax.legend(fontsize="x-small")
+        if ax.get_legend_handles_labels()[0]:  # every bin can be below min_count on a small run
+            ax.legend(fontsize="x-small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)
