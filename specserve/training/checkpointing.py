@@ -4,8 +4,9 @@ A checkpoint is written into a hidden temporary folder, fsynced, renamed to `ste
 published by atomically replacing `latest`; a crash at any point leaves the previous checkpoint
 intact and `latest` pointing at a complete folder. `model.safetensors` holds the fp32 master weights
 (a drafter checkpoint `load_drafter` reads, with the target filling the frozen head); the training
-state holds the optimizer, the schedule, every rank's RNG states (torch, numpy, python, CUDA) and the
-data position, which together make a resumed run bit-identical to an uninterrupted one on CPU.
+state holds the optimizer (full tensors keyed by parameter name, whether the run used DDP or FSDP), the
+schedule, every rank's RNG states (torch, numpy, python, CUDA) and the data position, which together
+make a resumed run bit-identical to an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from specserve.errors import SpecServeError
 
 LATEST = "latest"
 STATE_FILE = "training_state.pt"
-FORMAT = 1
+FORMAT = 2  # 2: optimizer state keyed by parameter name (1: by position, before FSDP)
 
 
 class ResumeError(SpecServeError):
@@ -118,7 +119,8 @@ def load_checkpoint(path: Path, model: DraftModel, expect: Progress) -> dict:
     """
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     if state.get("format") != FORMAT:
-        raise ResumeError(f"{path / STATE_FILE}: unknown training-state format {state.get('format')!r}")
+        raise ResumeError(f"{path / STATE_FILE}: training-state format {state.get('format')!r}, this version "
+                          f"resumes format {FORMAT} only; start a new checkpoint.dir")
     saved = Progress(**state["progress"])
     for field, label in (("world_size", "world size (processes)"), ("global_batch_size", "train.global_batch_size"),
                          ("local_batch_size", "train.local_batch_size"), ("algorithm", "model.algorithm"),

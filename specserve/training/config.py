@@ -96,7 +96,7 @@ class LoopConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # torch intra-op threads per process (default: torch's)
-    parallel: str = "auto"  # auto (FSDP on CUDA, DDP on CPU) | ddp | fsdp
+    parallel: str = "auto"  # auto (FSDP on CUDA, DDP on CPU) | ddp | fsdp (FSDP2: weights, grads, AdamW sharded)
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LoggingConfig:
     """Progress bar and metrics log (rank 0)."""
 
     every_steps: int = 10  # log metrics every N optimizer steps (averaged over them)
-    tensorboard: bool = True  # also write TensorBoard events when tensorboard is installed
+    tensorboard: bool | None = None  # TensorBoard events too: null = if installed, true = required, false = off
     progress: bool = True  # tqdm progress bar
 
 

@@ -9,11 +9,13 @@ comes from global RNG state; the RNG states are checkpointed anyway for anything
 Each micro-batch's loss is normalised over every process for that micro-batch (DeepSpec's semantics)
 and divided by the accumulation count. Precision: fp32 master weights; `bf16` runs the forward under
 bf16 autocast (default on CUDA); CPU defaults to fp32, which makes CPU resumes bit-exact.
+
+Under FSDP no process holds the whole draft, so checkpoints, the export and the held-out evaluation
+go through `unsharded()`, which gathers the weights into a plain copy on rank 0.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -21,19 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from specserve.data.features import FeatureBatch, FeatureSource, epoch_order
-from specserve.drafters.checkpoint import save_drafter
+from specserve.drafters.checkpoint import DraftModel, model_class, save_drafter
 from specserve.errors import InvalidRequestError
 from specserve.training.build import DataSources, build_draft, build_sources, load_target, needs_final
 from specserve.training.checkpointing import Progress, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint
 from specserve.training.checkpointing import set_rng_state as restore_rng
 from specserve.training.config import TrainConfig
-from specserve.training.distributed import DistContext, parallel_mode, wrap_model
+from specserve.training.distributed import (
+    DistContext,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    load_optimizer_state,
+    parallel_mode,
+    wrap_model,
+)
 from specserve.training.dspark_loss import DSparkLossWeights
 from specserve.training.metrics import MetricSums
-from specserve.training.metrics_log import MetricsLog
+from specserve.training.metrics_log import MetricsLog, summary_writer_class
 from specserve.training.objective import DraftObjective, ObjectiveSettings
 from specserve.training.schedule import build_optimizer
 
@@ -59,6 +70,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext | None = None, target=None,
                  sources: DataSources | None = None):
         self.cfg, self.ctx = cfg, ctx or DistContext()
+        summary_writer_class(cfg.logging.tensorboard)  # a required, missing TensorBoard fails before any work
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.target = target or load_target(cfg, self.ctx.device)
@@ -74,8 +86,8 @@ class Trainer:
         resume = self._load_weights()
         self.mode = parallel_mode(self.ctx, cfg.train.parallel)
         objective = DraftObjective(self.model, self.settings, reduce=self.ctx.sum, world_size=self.ctx.world_size)
-        self.wrapped = wrap_model(objective, self.ctx, self.mode)
-        # after wrapping: FSDP requires the optimizer to be built over the wrapped parameters
+        self.wrapped = wrap_model(objective, self.ctx, self.mode, shard_units=self.model.layers)
+        # after wrapping: FSDP replaces the parameters by their shards, which the optimizer must hold
         self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, self.total_steps)
         if resume is not None:
             self._load_state(resume)
@@ -125,7 +137,7 @@ class Trainer:
 
     def _load_state(self, state: dict) -> None:
         """Restore the optimizer, the schedule, this rank's RNG states and the data position."""
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng(state["rng"][self.ctx.rank])
         self.step, self.next_micro = state["progress"].step, state["progress"].next_micro
@@ -136,17 +148,35 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint the current step (collective: every rank must call it; rank 0 writes)."""
         rngs = self.ctx.gather_objects(rng_state())
+        model = self.unsharded()
+        optimizer = full_optimizer_state(self.model, self.optimizer)
         path = None
         if self.ctx.is_main:
-            path = save_checkpoint(self.root, self.model, self._progress(), self.optimizer.state_dict(),
-                                   self.scheduler.state_dict(), rngs, self.cfg.checkpoint.include_frozen,
-                                   self.cfg.checkpoint.keep_last)
+            path = save_checkpoint(self.root, model, self._progress(), optimizer, self.scheduler.state_dict(), rngs,
+                                   self.cfg.checkpoint.include_frozen, self.cfg.checkpoint.keep_last)
         self.ctx.barrier()
         return path
 
-    def export(self) -> Path:
-        """The trained draft as `dir/final/` in `checkpoint.export_dtype` (rank 0 only)."""
-        model = copy.deepcopy(self.model).to(_DTYPES[self.cfg.checkpoint.export_dtype])
+    def unsharded(self) -> DraftModel | None:
+        """The draft with all its weights on rank 0, None elsewhere (collective: every rank must call it).
+
+        Without FSDP that is the trained module itself. Under FSDP it is a plain copy on the CPU built from
+        the gathered weights; building it draws no numbers from the global RNG, which is checkpointed.
+        """
+        if self.mode != "fsdp":
+            return self.model if self.ctx.is_main else None
+        weights = full_model_state(self.model)
+        if not self.ctx.is_main:
+            return None
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+            model = model_class(self.model.cfg)(self.model.cfg)
+        model.load_state_dict(weights)
+        return model
+
+    def export(self, model: DraftModel | None = None) -> Path:
+        """The trained draft (or `model`, its `unsharded()` copy) as `dir/final/` in `checkpoint.export_dtype`."""
+        model = model if model is not None else self.model
+        model = copy.deepcopy(model).to(_DTYPES[self.cfg.checkpoint.export_dtype])
         return save_drafter(model, self.root / "final", include_frozen=self.cfg.checkpoint.include_frozen)
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -183,10 +213,13 @@ class Trainer:
         bar.close()
         result.steps = self.step
         result.tokens_per_s = total_tokens / max(time.perf_counter() - t0, 1e-9)
+        final = self.unsharded()
         if ctx.is_main:
-            result.export = self.export()
+            result.export = self.export(final)
             if self.sources.heldout is not None:
-                result.eval_metrics = {f"eval/{k}": v for k, v in self.evaluate(self.sources.heldout).items()}
+                final = final.to(ctx.device)
+                result.eval_metrics = {f"eval/{k}": v for k, v in self.evaluate(self.sources.heldout, model=final)
+                                       .items()}
                 metrics_log.write(self.step, result.eval_metrics)
         metrics_log.close()
         ctx.barrier()
@@ -197,8 +230,7 @@ class Trainer:
         tokens = 0
         for k in range(self.accumulation):
             epoch, batch = self._micro_batch(self.next_micro)
-            sync = k == self.accumulation - 1 or self.mode == "none"
-            with contextlib.nullcontext() if sync else self.wrapped.no_sync():
+            with gradient_sync(self.wrapped, self.mode, enabled=k == self.accumulation - 1):
                 with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     loss, terms = self.wrapped(batch, epoch)
                 (loss / self.accumulation).backward()
@@ -207,10 +239,9 @@ class Trainer:
             tokens += int(batch.lengths.sum())
             self.next_micro += 1
         max_norm = self.cfg.optim.max_grad_norm if self.cfg.optim.max_grad_norm > 0 else float("inf")
-        if self.mode == "fsdp":
-            norm = self.wrapped.clip_grad_norm_(max_norm)
-        else:
-            norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
+        norm = torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], max_norm)
+        if isinstance(norm, DTensor):  # FSDP: the norm over every process's shards
+            norm = norm.full_tensor()
         sums.add({"grad_norm": (float(norm) / self.ctx.world_size, 1.0 / self.ctx.world_size)})
         self.optimizer.step()
         self.scheduler.step()
@@ -219,9 +250,12 @@ class Trainer:
         return tokens
 
     @torch.no_grad()
-    def evaluate(self, source: FeatureSource, batch_size: int | None = None) -> dict[str, float]:
-        """Loss terms, accept rates and tau_probabilistic on every row of `source` (this process only)."""
-        objective = DraftObjective(self.model, self.settings).eval()
+    def evaluate(self, source: FeatureSource, batch_size: int | None = None,
+                 model: DraftModel | None = None) -> dict[str, float]:
+        """Loss terms, accept rates and tau_probabilistic on every row of `source` (this process only), for
+        the trained draft or `model` (under FSDP, its `unsharded()` copy: a sharded draft cannot run alone)."""
+        model = model if model is not None else self.model
+        objective = DraftObjective(model, self.settings).eval()
         sums = MetricSums()
         size = batch_size or self.cfg.train.local_batch_size
         for start in range(0, len(source), size):
@@ -230,7 +264,7 @@ class Trainer:
                 loss, terms = objective(batch, 0)
             sums.add(terms)
             sums.add({"loss": (loss, 1.0)})
-        self.model.train()
+        model.train()
         return sums.values()
 
 
