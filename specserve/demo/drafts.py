@@ -69,26 +69,29 @@ class DraftsRecipe:
     steps: dict = field(default_factory=dict)  # per-algorithm max_steps override (empty: epochs)
 
 
-def build_prompts(path: Path, recipe: DraftsRecipe) -> None:
-    """`rows` chat prompts `{"turns": [first lines of a code window]}`, from the corpus's training files.
+def build_prompts(path: Path, recipe: DraftsRecipe, heldout: bool = False, rows: int | None = None) -> None:
+    """`rows` chat prompts `{"turns": [first lines of a code window]}`, from the corpus's training files
+    (`heldout`: from its held-out files instead, which neither the target nor the drafts trained on).
 
     Windows are cut as in the target's pre-training (every `window_lines` lines of every file), then a
     seeded sample of them is taken, each showing its first 2-8 lines.
     """
     rng = random.Random(recipe.seed)
+    corpus = stdlib_corpus()
+    rows = recipe.rows if rows is None else rows
     windows = []
-    for file in stdlib_corpus().train:
+    for file in corpus.heldout if heldout else corpus.train:
         lines = read_text(file).splitlines(keepends=True)
         windows += [lines[s: s + recipe.window_lines] for s in range(0, len(lines), recipe.window_lines)]
     rng.shuffle(windows)
-    rows: list[str] = []
+    lines_out: list[str] = []
     for window in windows:
         text = "".join(window[: rng.randint(*recipe.prompt_lines)]).rstrip("\n")
         if len(window) >= 8 and text.strip():
-            rows.append(json.dumps({"turns": [text]}))
-        if len(rows) == recipe.rows:
+            lines_out.append(json.dumps({"turns": [text]}))
+        if len(lines_out) == rows:
             break
-    path.write_text("".join(r + "\n" for r in rows))
+    path.write_text("".join(r + "\n" for r in lines_out))
 
 
 def regenerate(target: CausalLM, prompts: Path, out: Path, recipe: DraftsRecipe) -> None:
@@ -176,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=ALGORITHMS, action="append", help="train only these drafts (repeatable)")
     parser.add_argument("--rows", type=int, default=None, help="prompts to regenerate (default: the recipe's)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per draft (default: one epoch)")
+    parser.add_argument("--heldout-prompts", metavar="FILE", help="only write N (--rows, default 100) evaluation "
+                        "prompts from the corpus's held-out files to FILE ({\"turns\": [...]} JSONL) and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = DraftsRecipe()
+    if args.heldout_prompts:
+        build_prompts(Path(args.heldout_prompts), recipe, heldout=True, rows=args.rows or 100)
+        print(f"wrote {args.heldout_prompts}")
+        return 0
     if args.rows is not None:
         recipe.rows = args.rows
     if args.steps is not None:

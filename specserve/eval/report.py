@@ -98,6 +98,8 @@ def calibration_table(calibration: Mapping[str, Mapping[str, CalibrationReport]]
             ps = report.positions
             rows.append([drafter, variant, "ECE %", " ".join(f"{100 * p.ece:.1f}" for p in ps)])
             rows.append([drafter, variant, "AUROC", " ".join(_fmt(p.auroc, 3) for p in ps)])
+            rows.append([drafter, variant, "AUROC of c_k, given 1..k−1 accepted",
+                         " ".join(_fmt(p.auroc_conditional, 3) for p in ps)])
             rows.append([drafter, variant, "Brier", " ".join(_fmt(p.brier, 3) for p in ps)])
     return _table(header, rows)
 
