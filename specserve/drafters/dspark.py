@@ -24,8 +24,9 @@ from specserve.drafters.draft_kv_cache import DraftKVCache, stage_batch
 from specserve.drafters.layers import DecoderLayerBase, Rotary, rms_norm, softcap, token_embedding
 from specserve.drafters.sequential_heads import ConfidenceHead, build_sequential_head
 
-# (logits [B, V], slot j) -> (sampled ids [B], the distribution they were sampled from [B, V])
-Sampler = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+# (logits [B, V], slot j) -> (sampled ids [B], the distribution they were sampled from [B, V]; None
+# when every row is greedy and the caller takes q as one-hot)
+Sampler = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
 # (layer, context k/v, block k/v) -> keys, values and mask [B, 1, Q or 1, K] the block queries attend with
 KVJoin = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
                   tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
@@ -61,7 +62,7 @@ class BlockOutput:
     """Drafts of one round for a batch of sessions (shapes [B, k, ...], k = tokens sampled)."""
 
     ids: torch.Tensor  # [B, k]
-    q: torch.Tensor  # [B, k, V] distribution each id was sampled from
+    q: torch.Tensor | None  # [B, k, V] distribution each id was sampled from; None: all greedy (one-hot)
     confidence_logits: torch.Tensor | None  # [B, k]
     hidden: torch.Tensor  # [B, γ, H] backbone output of every slot
 
@@ -203,26 +204,31 @@ class DSparkModel(nn.Module):
         return self._sample_block(hidden, anchors, k, sampler)
 
     def _sample_block(self, hidden: torch.Tensor, anchors: torch.Tensor, k: int, sampler: Sampler) -> BlockOutput:
-        """Left-to-right sampling through the sequential head; q_j is exactly what slot j was drawn from."""
-        base = self.base_logits(hidden)
+        """Left-to-right sampling through the sequential head; q_j is exactly what slot j was drawn from.
+
+        Only the sequential head sits in the loop: the base logits of the k sampled slots come from one
+        lm_head pass before it, and the confidence head (which reads the token before each slot) runs
+        once on the whole block after it.
+        """
+        base = self.base_logits(hidden[:, :k])
         head = self.markov_head
         state = None if head is None else head.initial_state(hidden[:, 0])
-        prev, ids, probs, conf = anchors, [], [], []
+        prev, ids, probs = anchors, [], []
         for j in range(k):
             logits = base[:, j]
             if head is not None:
                 logits, state = head.step(logits, hidden[:, j], prev, state)
-            conf.append(self.confidence_logits(hidden[:, j], prev))
             prev, q = sampler(logits, j)
             ids.append(prev)
             probs.append(q)
-        bsz, vocab = hidden.shape[0], self.cfg.vocab_size
-        return BlockOutput(
-            ids=torch.stack(ids, 1) if ids else anchors.new_zeros(bsz, 0),
-            q=torch.stack(probs, 1) if probs else hidden.new_zeros(bsz, 0, vocab),
-            confidence_logits=None if self.confidence_head is None else (
-                torch.stack(conf, 1) if conf else hidden.new_zeros(bsz, 0)),
-            hidden=hidden)
+        drafts = torch.stack(ids, 1) if ids else anchors.new_zeros(hidden.shape[0], 0)
+        if not probs:
+            q = hidden.new_zeros(hidden.shape[0], 0, self.cfg.vocab_size)
+        else:
+            q = None if probs[0] is None else torch.stack(probs, 1)
+        prev_ids = torch.cat([anchors[:, None], drafts], 1)[:, :k]
+        return BlockOutput(ids=drafts, q=q, confidence_logits=self.confidence_logits(hidden[:, :k], prev_ids),
+                           hidden=hidden)
 
 
 def _training_mask(anchors: torch.Tensor, keep: torch.Tensor, seq_len: int, gamma: int) -> torch.Tensor:

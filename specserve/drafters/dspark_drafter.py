@@ -25,6 +25,8 @@ class DSparkDrafter:
 
     def __init__(self, model: DSparkModel, temperatures: Sequence[float] | None = None):
         self.model = model.eval()
+        if model.markov_head is not None:  # the sequential head reads W2 once per drafted slot
+            model.markov_head.sampling_layout()
         # STS temperature T_k of slot k (calibration.json); None = the raw head. Public so that a
         # calibration run can record raw confidences from a draft that is already calibrated.
         self.temperatures = tuple(float(t) for t in temperatures) if temperatures else None

@@ -94,7 +94,8 @@ class Eagle3Drafter:
             token, q = sampler.rows(active)(self.model.logits(g[active]), slot)
             for row, (r, t) in enumerate(zip(active, token.tolist(), strict=True)):
                 ids[r].append(t)
-                probs[r].append(q[row])
+                if q is not None:  # None: every row is greedy
+                    probs[r].append(q[row])
             going = [row for row, r in enumerate(active)
                      if len(ids[r]) < budgets[r] and ids[r][-1] not in requests[r].sampling.stop_token_ids]
             if going:

@@ -95,7 +95,9 @@ class BatchSampler:
     """Samples slot j of a batch with each row's own SamplingParams and counter-based uniforms.
 
     `q` is `logits_to_probs` of exactly the logits the token was drawn from, so rejection sampling
-    sees the drafter's true proposal distribution. Greedy rows reduce to the argmax.
+    sees the drafter's true proposal distribution. Greedy rows reduce to the argmax; a batch of greedy
+    rows only takes the argmax and returns no `q` (a greedy draft's q is one-hot, which the engine
+    assumes when a `DraftBlock` carries none).
     """
 
     def __init__(self, requests: list[DraftRequest], width: int):
@@ -113,11 +115,13 @@ class BatchSampler:
         sub.params, sub.u = [self.params[i] for i in index], self.u[index]
         return sub
 
-    def __call__(self, logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row i of logits [B, V] -> (ids [B] on the logits' device, q [B, V] float32 on the CPU).
+    def __call__(self, logits: torch.Tensor, slot: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Row i of logits [B, V] -> (ids [B] on the logits' device, q [B, V] float32 on the CPU or None).
 
         The shared sampling functions build their tensors on the CPU and the verifier reads q there.
         """
+        if self.greedy:
+            return logits.argmax(-1), None  # first index on ties, as logits_to_probs' one-hot
         probs = logits_to_probs(logits.float().cpu(), self.params)
         ids = sample_from(probs, self.u[:, slot])
         return ids.to(logits.device), probs

@@ -132,6 +132,20 @@ def test_sampled_q_is_the_teacher_forced_distribution_of_the_sampled_prefix(vari
     assert bool((out.q.gather(-1, out.ids[..., None]) > 0).all()), "every draft has positive probability under q"
 
 
+def test_the_sampling_layout_keeps_the_weights_and_the_drafts():
+    model = reference_model("dspark_markov_vanilla")
+    inputs = tensors("inputs.safetensors")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    block = [(inputs["target_hidden_states"][0, :20], int(inputs["input_ids"][0, 20]))]
+    want = model.draft_block([BlockInput(DraftKVCache(2), t, a) for t, a in block])
+    model.markov_head.sampling_layout()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    got = model.draft_block([BlockInput(DraftKVCache(2), t, a) for t, a in block])
+    assert torch.equal(got.ids, want.ids)
+    assert max_error(got.q, want.q) < TOLERANCE
+
+
 def test_dummy_blocks_output_zero_attention_and_finite_gradients():
     model = reference_model("dspark_rnn").requires_grad_(True)
     inputs = tensors("inputs.safetensors")

@@ -11,6 +11,7 @@ from specserve.drafters.base import DraftRequest
 from specserve.drafters.checkpoint import load_drafter
 from specserve.drafters.dspark_drafter import DSparkDrafter
 from specserve.drafters.eagle3_drafter import Eagle3Drafter
+from specserve.drafters.tap_session import BatchSampler
 from specserve.errors import SessionError
 
 DRAFTERS = {"dspark": lambda: DSparkDrafter(load_drafter(REFERENCE / "dspark_rnn" / "checkpoint")),
@@ -122,3 +123,14 @@ def test_proposing_again_without_new_tokens_repeats_the_proposal(kind, sequence)
     first = drafter.propose([request("s", [], 21)])[0]
     assert drafter.propose([request("s", [], 21)])[0].ids == first.ids
     assert drafter.propose([request("s", [], 21)])[0].ids == first.ids
+
+
+def test_a_greedy_batch_takes_the_first_argmax_and_returns_no_q():
+    logits = torch.randn(3, 50)
+    logits[1, 7] = logits[1, 30] = logits[1].max() + 1.0  # a tie: the first index wins, as logits_to_probs' one-hot
+    greedy = BatchSampler([request(f"s{i}", [], 5) for i in range(3)], 2)
+    ids, q = greedy(logits, 1)
+    assert ids.tolist() == logits.argmax(-1).tolist() and ids[1] == 7 and q is None
+    mixed = BatchSampler([request("a", [], 5), request("b", [], 5, temperature=1.0, seed=3)], 2)
+    ids, q = mixed(logits[:2], 1)
+    assert ids[0] == logits[0].argmax() and q.shape == (2, 50) and q[0, ids[0]] == 1.0
