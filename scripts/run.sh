@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The main job of the README: set up .venv, then generate with the bundled demo target, speculating
-# with prompt lookup. Extra arguments are passed to `specserve generate` (try --help).
+# The main job of the README: set up .venv, then serve the OpenAI-compatible API on the bundled demo
+# model in embedded mode (gateway, drafter and verifier in one process): the demo Qwen3 target, its
+# DSpark draft and the hardware-aware prefix scheduler, on http://127.0.0.1:8000.
+# Extra arguments go to `specserve serve` (try --help), e.g. `scripts/run.sh --port 9000 --policy fixed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
-exec .venv/bin/specserve generate --target models/demo/target --drafter ngram --chat \
-  --prompt "${SPECSERVE_PROMPT:-import os
-import sys
-
-
-def main(argv):}" --max-tokens 200 "$@"
+exec .venv/bin/specserve serve --target models/demo/target --drafter dspark:models/demo/dspark "$@"

@@ -171,14 +171,15 @@ def _add_serve(sub) -> None:
         p.add_argument("--served-model-name", help="model name clients send (default: the target's path)")
         p.add_argument("--policy", choices=["fixed", "threshold", "prefix"],
                        help="verification budget: fixed-k, static confidence threshold, or the hardware-aware "
-                            "prefix scheduler (Algorithm 1)")
+                            "prefix scheduler (Algorithm 1; the default)")
         p.add_argument("--fixed-k", type=int, help="k of the fixed policy")
         p.add_argument("--threshold", type=float, help="cumulative-confidence threshold of the threshold policy")
         p.add_argument("--max-batch", type=int, help="requests decoded together")
         p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
         p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
         p.set_defaults(func=cmd_serve)
-    serve.add_argument("--drafter", help="drafter spec, as for `generate` (default ngram)")
+    serve.add_argument("--drafter", help="drafter spec, as for `generate` (default: the bundled demo DSpark draft, "
+                                         "dspark:models/demo/dspark)")
     serve.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
     serve.add_argument("--dtype", help="float32 | bfloat16 | float16")
     serve.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
@@ -203,6 +204,8 @@ def _add_serve(sub) -> None:
     drafter.add_argument("--port", type=int, help="port (default 50052)")
     drafter.add_argument("--drafter", help="drafter spec, as for `generate`")
     drafter.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
+    drafter.add_argument("--target", help="target folder or hub id whose embedding and LM head fill a draft saved "
+                                          "without them (only those two tensors are read)")
     drafter.add_argument("--dtype", help="float32 | bfloat16 | float16")
     drafter.add_argument("--device", help="torch device")
     drafter.set_defaults(func=cmd_serve_drafter)
@@ -241,7 +244,8 @@ def cmd_serve_drafter(args) -> int:
     from services.drafter.main import serve
     from services.drafter.settings import DrafterSettings
 
-    asyncio.run(serve(DrafterSettings(**_given(args, ("host", "port", "drafter", "block_size", "dtype", "device")))))
+    asyncio.run(serve(DrafterSettings(**_given(args, ("host", "port", "drafter", "block_size", "target", "dtype",
+                                                                       "device")))))
     return 0
 
 

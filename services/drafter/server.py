@@ -193,12 +193,17 @@ class _Servicer(drafter_pb2_grpc.DrafterServicer):
 def build_drafter(settings: DrafterSettings) -> Drafter:
     """Build the drafter of the settings' spec string with the shared registry.
 
-    The registry reads only the target's dtype and device (to place a model-based drafter); a drafter
-    server has no target, so it passes those two facts from its own settings.
+    The registry reads the target's dtype and device (to place a model-based drafter) and, for a tap
+    draft saved without its frozen head, the target's embedding and LM head. A drafter server holds no
+    target, so it passes dtype and device from its settings and reads only those two tensors of
+    `settings.target`.
     """
+    from specserve.drafters.checkpoint import load_frozen_head
     from specserve.drafters.registry import build_drafter as from_spec
 
-    placement = types.SimpleNamespace(dtype=getattr(torch, settings.dtype), device=torch.device(settings.device))
+    head = load_frozen_head(settings.target) if settings.target else None
+    placement = types.SimpleNamespace(dtype=getattr(torch, settings.dtype), device=torch.device(settings.device),
+                                      model=head)
     drafter = from_spec(settings.drafter, placement, settings.block_size)
     if drafter is None:
         raise ValueError(f"drafter spec {settings.drafter!r} builds no drafter; a drafter service needs one")

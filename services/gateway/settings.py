@@ -27,7 +27,9 @@ class GatewaySettings(BaseSettings):
     # --- models -----------------------------------------------------------------------------------
     target: str = Field("models/demo/target", description="target causal LM: a local folder or a hub id")
     served_model_name: str | None = Field(None, description="the `model` id clients send; default: `target`")
-    drafter: str = Field("ngram", description="none | ngram[:BLOCK] | model:PATH (see specserve.drafters.registry)")
+    drafter: str = Field("dspark:models/demo/dspark", description="none | ngram[:BLOCK] | model:PATH | dspark:PATH | "
+                         "dflash:PATH | eagle3:PATH | auto:PATH (see specserve.drafters.registry); default: the "
+                         "bundled demo DSpark draft")
     block_size: int | None = Field(None, ge=1, le=64, description="draft tokens per round (γ); default: drafter's")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
@@ -42,7 +44,7 @@ class GatewaySettings(BaseSettings):
 
     # --- verification budget ----------------------------------------------------------------------
     policy: Literal["fixed", "threshold", "prefix"] = Field(
-        "fixed", description="fixed-k | static cumulative-confidence threshold | hardware-aware prefix scheduler")
+        "prefix", description="fixed-k | static cumulative-confidence threshold | hardware-aware prefix scheduler")
     fixed_k: int | None = Field(None, ge=0, description="k of the fixed policy; default: the block size")
     threshold: float = Field(0.3, ge=0.0, lt=1.0, description="survival threshold of the static policy")
 

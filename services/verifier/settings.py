@@ -24,4 +24,4 @@ class VerifierSettings(ServerSettings):
     sps: dict[int, float] | None = Field(None, description="a fixed SPS(B) table instead of profiling at start-up")
     sps_sizes: tuple[int, ...] = Field(DEFAULT_SIZES, description="B values (tokens per forward) to profile")
     sps_context: int = Field(128, ge=1, description="cached tokens per session while profiling")
-    sps_repeats: int = Field(3, ge=1, description="timed forwards per B (the median is kept)")
+    sps_repeats: int = Field(5, ge=1, description="timed forwards per B (the fastest is kept: noise only adds time)")

@@ -18,6 +18,12 @@ class LoadReport:
 
     sps: dict[int, float]  # forward steps per second for B tokens per forward (profiled at start-up)
     running: int = 0  # sessions open on the verifier
+    round_overhead_s: float = 0.0  # seconds a round spends outside the target forward (drafting, scheduling,
+    #                                transport), measured by the engine over recent rounds
+
+    def round_rate(self, tokens: int) -> float:
+        """Rounds per second with `tokens` verified per forward: 1 / (overhead + forward time)."""
+        return 1.0 / (self.round_overhead_s + 1.0 / sps_at(self.sps, tokens))
 
 
 class BudgetPolicy(Protocol):
@@ -94,7 +100,11 @@ class PrefixScheduler:
     """The hardware-aware prefix scheduler (algorithms.md §7, Algorithm 1).
 
     Admits draft positions in order of prefix survival while the expected committed tokens per second,
-    τ*·SPS(B), keeps rising, and stops at the first position that does not pay. The early stop is what
+    τ*·SPS(B), keeps rising, and stops at the first position that does not pay. SPS(B) is the profiled
+    forward rate turned into a round rate with the engine's measured per-round overhead
+    (`LoadReport.round_rate`): where drafting and scheduling cost as much as the forward (small models,
+    CPUs, remote drafters), a verified token costs less of a round than the forward alone suggests.
+    With no overhead measured yet this is exactly the paper's τ*·SPS(B). The early stop is what
     keeps it lossless: c_{j+1} depends on the sampled x_j, so looking past a drop would make admitting
     x_j depend on its own value. `early_stop=False` exists only to demonstrate that bias in tests.
     Requests without confidences count with confidence `default_confidence` per slot.
@@ -121,12 +131,12 @@ class PrefixScheduler:
         best_lengths = list(lengths)
         batch = len(proposed)
         expected = float(batch)  # every request verifies its anchor
-        best = expected * sps_at(load.sps, batch)
+        best = expected * load.round_rate(batch)
         for a, r, j in candidates:
             lengths[r] = j
             batch += 1
             expected += a
-            throughput = expected * sps_at(load.sps, batch)
+            throughput = expected * load.round_rate(batch)
             if throughput > best:
                 best, best_lengths = throughput, list(lengths)
             elif self.early_stop:

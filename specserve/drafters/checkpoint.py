@@ -209,7 +209,8 @@ def load_drafter(source: str | Path, *, target_config: PretrainedConfig | Mappin
     for key, module in (("embed_tokens.weight", "get_input_embeddings"), ("lm_head.weight", "get_output_embeddings")):
         if key not in state:
             if target_model is None:
-                raise ModelLoadError(f"draft checkpoint {source} has no {key}; pass the target model to fill it")
+                raise ModelLoadError(f"draft checkpoint {source} has no {key}; pass the target model to fill it "
+                                     "(drafter service: --target / SPECSERVE_DRAFTER_TARGET)")
             state[key] = getattr(target_model, module)().weight.detach()
             if tuple(state[key].shape) != (cfg.vocab_size, cfg.hidden_size):
                 raise IncompatibleDrafterError(f"{key}: target has shape {tuple(state[key].shape)}, draft "
@@ -218,6 +219,50 @@ def load_drafter(source: str | Path, *, target_config: PretrainedConfig | Mappin
     model = build_model(cfg, device, dtype)
     model.load_state_dict(state, strict=True)
     return model.requires_grad_(False)
+
+
+class FrozenHead(nn.Module):
+    """A target's input embedding and LM head without its decoder layers: what a draft whose checkpoint
+    omits its frozen copies needs when no full target is loaded (a drafter service). Duck-types the two
+    accessors and `config` of a transformers causal LM, which is all `load_drafter` reads."""
+
+    def __init__(self, config: PretrainedConfig, embed: torch.Tensor, head: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding.from_pretrained(embed, freeze=True)
+        self.lm_head = nn.Linear(head.shape[1], head.shape[0], bias=False)
+        self.lm_head.weight = nn.Parameter(head, requires_grad=False)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+
+def load_frozen_head(target: str | Path) -> FrozenHead:
+    """Read only `embed_tokens` and `lm_head` (the embedding when tied) of a target folder or hub id."""
+    from transformers import AutoConfig
+
+    path = resolve(target)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # missing or invalid config (transformers raises several types)
+        raise ModelLoadError(f"cannot read the target config from {target!r}: {exc}") from exc
+    files = _weight_files(path)
+
+    def tensor(suffix: str) -> torch.Tensor | None:
+        keys = sorted((k for k in files if k == suffix or k.endswith("." + suffix)), key=len)
+        if not keys:
+            return None
+        with safe_open(files[keys[0]], "pt", device="cpu") as f:
+            return f.get_tensor(keys[0])
+
+    embed = tensor("embed_tokens.weight")
+    if embed is None:
+        raise ModelLoadError(f"target {target!r} stores no embed_tokens.weight")
+    head = tensor("lm_head.weight")
+    return FrozenHead(config, embed, embed if head is None else head)
 
 
 def detect_kind(source: str | Path) -> str:

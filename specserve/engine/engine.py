@@ -7,6 +7,7 @@ rounds. Any thread may add or abort requests: those calls only enqueue, and `ste
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import secrets
@@ -18,17 +19,22 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from specserve.decoding.budget import BudgetPolicy, FixedK
+from specserve.decoding.budget import BudgetPolicy, FixedK, LoadReport
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
 from specserve.engine.request import Request, RequestOutput, RoundRecord, Status
+from specserve.engine.round_costs import RoundCosts
 from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest, VerifyResult
 from specserve.errors import ContextLengthError, IncompatibleDrafterError, InvalidRequestError
 
 log = logging.getLogger(__name__)
 
 _NO_DRAFT = DraftBlock(ids=[])
+
+
+def _joined(taps: list[torch.Tensor]) -> torch.Tensor | None:
+    return None if not taps else taps[0] if len(taps) == 1 else torch.cat(taps)
 
 
 class SpecEngine:
@@ -56,6 +62,8 @@ class SpecEngine:
         # called after every successful verify with (requests, results): metrics, tracing
         self.verify_observers: list[Callable[[list[VerifyRequest], list[VerifyResult]], None]] = []
         self._ids_lock = threading.Lock()
+        # a load-aware policy also learns what rounds cost here, and whether drafting pays at all
+        self._costs = RoundCosts() if self.policy.needs_load else None
 
     # ---- requests in ----------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
@@ -164,11 +172,14 @@ class SpecEngine:
             log.exception("drafter open failed for %s; it decodes without drafts", r.id)
 
     def _round(self, outputs: list[RequestOutput]) -> None:
+        start = time.perf_counter()
         batch = list(self.running)
-        blocks = self._propose(batch)
+        load = self._load() if self.policy.needs_load else None
+        drafting = load is None or self._costs.should_draft(load.sps, len(batch))
+        blocks = self._propose(batch) if drafting else [_NO_DRAFT] * len(batch)
+        drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
-        budgets = self.policy.budget(proposed, [b.confidence for b in blocks],
-                                     self.verifier.load() if self.policy.needs_load else None)
+        budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
                                position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
         try:
@@ -194,8 +205,15 @@ class SpecEngine:
             if r.id in self._drafting:
                 r.unsent_ids.extend(res.tokens)
                 if res.taps is not None:
-                    r.unsent_taps = res.taps if r.unsent_taps is None else torch.cat([r.unsent_taps, res.taps])
+                    r.unsent_taps.append(res.taps)  # joined once, when the drafter next runs
             self._commit(r, res.tokens, outputs)
+        if load is not None:
+            self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
+                               tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results))
+
+    def _load(self) -> LoadReport:
+        """The verifier's load, with the per-round overhead this engine measured on rounds that drafted."""
+        return dataclasses.replace(self.verifier.load(), round_overhead_s=self._costs.overhead_drafting or 0.0)
 
     def _propose(self, batch: list[Request]) -> list[DraftBlock]:
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
@@ -204,7 +222,7 @@ class SpecEngine:
             return [_NO_DRAFT] * len(batch)
         items = [DraftRequest(session=r.id, new_ids=r.unsent_ids, committed_len=r.committed_len,
                               max_tokens=self._draft_room(r, cap), sampling=r.params,
-                              position=len(r.output_ids), new_taps=r.unsent_taps) for r in asked]
+                              position=len(r.output_ids), new_taps=_joined(r.unsent_taps)) for r in asked]
         try:
             blocks = self.drafter.propose(items)
             if len(blocks) != len(items):
@@ -216,7 +234,7 @@ class SpecEngine:
             return [_NO_DRAFT] * len(batch)
         by_id = {}
         for r, block in zip(asked, blocks, strict=True):
-            r.unsent_ids, r.unsent_taps = [], None
+            r.unsent_ids, r.unsent_taps = [], []
             problem = block.error or self._invalid_draft(block)
             if problem is not None:
                 log.warning("drafter refused %s (%s); it continues without drafts", r.id, problem)
@@ -300,7 +318,7 @@ class SpecEngine:
     def _drop_drafter(self, r: Request) -> None:
         if r.id in self._drafting:
             self._drafting.discard(r.id)
-            r.unsent_ids, r.unsent_taps = [], None
+            r.unsent_ids, r.unsent_taps = [], []
             try:
                 self.drafter.close(r.id)
             except Exception:

@@ -101,7 +101,7 @@ class Request:
     stats: RequestStats = field(default_factory=RequestStats)
     # committed but not yet shown to the drafter (commit is folded into the next propose)
     unsent_ids: list[int] = field(default_factory=list)
-    unsent_taps: torch.Tensor | None = None
+    unsent_taps: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def committed_len(self) -> int:

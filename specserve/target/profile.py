@@ -22,12 +22,13 @@ DEFAULT_SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
 def profile_sps(target: CausalLM, sizes: Sequence[int] = DEFAULT_SIZES, context: int = 128,
-                tokens_per_session: int = 4, repeats: int = 3, taps: Sequence[int] = ()) -> dict[int, float]:
-    """Return {B: forward steps per second} for each B in `sizes`, the median of `repeats` timed forwards.
+                tokens_per_session: int = 4, repeats: int = 5, taps: Sequence[int] = ()) -> dict[int, float]:
+    """Return {B: forward steps per second} for each B in `sizes`, from the fastest of `repeats` timed forwards.
 
-    Noise can make a larger B look faster; a forward over more tokens is never faster in expectation, so
-    the table is made non-increasing (each value at most the one before). Scratch sessions are closed
-    before returning.
+    Another process taking a core only ever adds time, so the fastest run is the estimate of what the
+    hardware sustains. A forward over more tokens is never faster in expectation, so the times are then
+    made non-decreasing in B (`monotone_times`): one slow outlier is lowered to its larger neighbour's
+    time instead of capping every larger B. Scratch sessions are closed before returning.
     """
     if not sizes or min(sizes) < 1:
         raise ValueError(f"sizes must be positive token counts, got {list(sizes)}")
@@ -48,14 +49,20 @@ def profile_sps(target: CausalLM, sizes: Sequence[int] = DEFAULT_SIZES, context:
             batch = sessions[: len(counts)]
             tokens = [prefix[i][:n] for i, n in enumerate(counts)]
             timings = [_timed_forward(target, batch, tokens, taps, context) for _ in range(repeats + 1)][1:]
-            table[b] = 1.0 / sorted(timings)[len(timings) // 2]  # the first run warms up allocations
+            table[b] = min(timings)  # the first run warms up allocations
     finally:
         for s in sessions:
             target.close(s)
-    best = math.inf
-    for b in sorted(table):
-        best = table[b] = min(best, table[b])
-    return table
+    return {b: 1.0 / t for b, t in monotone_times(table).items()}
+
+
+def monotone_times(times: dict[int, float]) -> dict[int, float]:
+    """Forward times made non-decreasing in B the way noise allows: noise only ever adds time, so a B
+    measured slower than a larger B is lowered to that larger B's time (a suffix minimum)."""
+    fitted, best = {}, math.inf
+    for b in sorted(times, reverse=True):
+        best = fitted[b] = min(best, times[b])
+    return dict(sorted(fitted.items()))
 
 
 def _split(tokens: int, per_session: int) -> list[int]:

@@ -71,3 +71,25 @@ def test_drafter_settings_come_from_the_environment(monkeypatch):
     assert (settings.drafter, settings.lease_ttl_s, settings.port) == ("ngram:3", 5.0, 50052)
     drafter = build_drafter(settings)
     assert isinstance(drafter, NgramDrafter) and drafter.max_block == 3
+
+
+def test_drafter_service_fills_a_headless_draft_from_the_target_files():
+    """The demo DSpark draft is saved without embed_tokens/lm_head: the drafter service reads only those two
+    tensors of `target` (tied here: the LM head is the embedding) and builds the same model a full target gives."""
+    import torch
+
+    from specserve.drafters.factory import load_tap_drafter
+    from specserve.errors import ModelLoadError
+    from specserve.target.model import CausalLM
+
+    draft, target = str(ROOT / "models/demo/dspark"), str(ROOT / "models/demo/target")
+    served = build_drafter(DrafterSettings(drafter=f"dspark:{draft}", target=target))
+    reference = load_tap_drafter(draft, CausalLM.from_pretrained(target, load_tokenizer=False), kind="dspark")
+    got, want = served.model.state_dict(), reference.model.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    try:
+        build_drafter(DrafterSettings(drafter=f"dspark:{draft}"))
+    except ModelLoadError as exc:
+        assert "embed_tokens.weight" in str(exc) and "SPECSERVE_DRAFTER_TARGET" in str(exc)
+    else:
+        raise AssertionError("a headless draft without a target must be refused")

@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.target.model import CausalLM
-from specserve.target.profile import profile_sps
+from specserve.target.profile import monotone_times, profile_sps
 
 
 def test_profile_covers_the_sizes_is_non_increasing_and_leaves_the_cache_as_it_was(model):
@@ -20,3 +20,10 @@ def test_profile_covers_the_sizes_is_non_increasing_and_leaves_the_cache_as_it_w
 def test_bad_sizes_are_refused(model):
     with pytest.raises(ValueError, match="sizes"):
         profile_sps(CausalLM(model), sizes=(0, 4))
+
+
+def test_one_slow_outlier_is_lowered_to_its_neighbour_not_propagated():
+    """A forward slowed by another process (B=2 here) must not cap SPS for every larger B."""
+    fitted = monotone_times({1: 0.010, 2: 0.500, 4: 0.012, 8: 0.014, 16: 0.020, 32: 0.040})
+    assert fitted == {1: 0.010, 2: 0.012, 4: 0.012, 8: 0.014, 16: 0.020, 32: 0.040}
+    assert monotone_times({1: 1.0, 2: 2.0}) == {1: 1.0, 2: 2.0}

@@ -34,8 +34,9 @@ def test_settings_refuse_bad_values(bad):
 
 def test_build_policy():
     drafter = NgramDrafter(max_block=6)
-    assert build_policy(GatewaySettings(), drafter) == FixedK(6)
-    assert build_policy(GatewaySettings(fixed_k=2), drafter) == FixedK(2)
+    assert build_policy(GatewaySettings(), drafter) == PrefixScheduler(6)  # the default
+    assert build_policy(GatewaySettings(policy="fixed"), drafter) == FixedK(6)
+    assert build_policy(GatewaySettings(policy="fixed", fixed_k=2), drafter) == FixedK(2)
     assert build_policy(GatewaySettings(policy="threshold", threshold=0.4), drafter) == StaticThreshold(0.4, 6)
     assert build_policy(GatewaySettings(policy="prefix"), drafter) == PrefixScheduler(6)
     assert build_policy(GatewaySettings(policy="prefix"), None) == FixedK(0)

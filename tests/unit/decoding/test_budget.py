@@ -29,6 +29,16 @@ def test_prefix_scheduler_follows_throughput():
     assert policy.budget([3, 3], conf, steep) == [0, 0]
 
 
+def test_round_overhead_makes_verified_tokens_cheaper():
+    """One request, a_1 = 0.5. The forward alone doubles in time from 1 to 2 tokens, so verifying x_1 loses
+    (1.5 x 0.5 < 1 x 1); when the rest of a round costs 1 s, the round goes from 1.1 s to 1.2 s and it pays."""
+    policy, conf = PrefixScheduler(max_block=1), [torch.tensor([0.5])]
+    sps = {1: 10.0, 2: 5.0}
+    assert policy.budget([1], conf, LoadReport(sps=sps)) == [0]
+    assert policy.budget([1], conf, LoadReport(sps=sps, round_overhead_s=1.0)) == [1]
+    assert LoadReport(sps=sps, round_overhead_s=1.0).round_rate(2) == pytest.approx(1 / 1.2)
+
+
 def test_prefix_scheduler_needs_load():
     with pytest.raises(ValueError, match="SPS table"):
         PrefixScheduler(max_block=2).budget([2], [torch.tensor([0.5, 0.5])], None)

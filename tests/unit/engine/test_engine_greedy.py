@@ -83,3 +83,20 @@ def test_eos_stops_and_round_counts_no_bonus_after_accepted_stop():
     assert request.output_ids == ref[: ref.index(eos) + 1]
     assert request.finish_reason == "stop"
     assert sum(r.committed for r in request.stats.rounds) == len(request.output_ids) - 1  # first token: prefill
+
+
+def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
+    """With the prefix scheduler the engine measures its per-round overhead (drafting, scheduling) from finished
+    rounds and hands it to the policy; the output is still the target's greedy decoding."""
+    from specserve.decoding.budget import PrefixScheduler
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    sps = {1: 1000.0, 4: 900.0, 16: 700.0, 64: 400.0}
+    engine = SpecEngine(LocalVerifier(CausalLM(model), sps=sps), make_drafter("model", model),
+                        PrefixScheduler(max_block=3), max_batch=8)
+    assert engine._load().round_overhead_s == 0.0, "nothing is measured before the first round"
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == refs
+    assert engine._load().round_overhead_s > 0.0
+    assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
