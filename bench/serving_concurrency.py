@@ -14,10 +14,13 @@ gateway start each):
 Modes: `embedded` (`specserve serve`: one process) and `grpc` (`specserve serve-verifier` and
 `specserve serve-drafter` processes on loopback, the gateway as `specserve serve-gateway`). Both modes
 run the same policies on the same prompts in this one run. Threads: the embedded process and the
-verifier get `--threads` torch threads, the drafter service and the gateway of the gRPC mode one each
-(they run while the verifier waits, and a second OpenMP pool per process would spin on the cores the
-others need). OpenMP keeps its default wait policy: `OMP_WAIT_POLICY=PASSIVE` puts every worker to
-sleep between the hundreds of small kernels of a round and halved the demo model's speed here.
+verifier get `--threads` torch threads (default 1), the drafter service and the gateway of the gRPC
+mode one each. On this 2-core machine the load generator and the gateway's event loop need a core
+while the engine computes: with 2 torch threads in the embedded gateway an OpenMP worker is preempted
+inside the hundreds of small parallel regions of a speculative round and every other worker waits at
+the barrier (fixed-γ greedy at c=1: 142 tok/s per user with 2 threads, 205 with 1; no speculation:
+170 and 166). OpenMP keeps its default wait policy: `OMP_WAIT_POLICY=PASSIVE` puts every worker to
+sleep between those regions and halved the demo model's speed here.
 
 Sampling is at temperature 1 (the API default; the demo DSpark draft's STS temperatures were fitted
 at it) with a fixed seed per prompt, and requests ignore EOS, so every policy generates the same
@@ -93,7 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "policy does the same amount of work)")
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="policies to run")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="deployment modes to run")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the embedded process and the verifier")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the embedded process and the verifier")
     p.add_argument("--max-batch", type=int, default=32, help="gateway max_batch (requests decoded together)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a service may take to get ready")
     p.add_argument("--out", default="bench/results/serving_concurrency.json", help="JSON results")
