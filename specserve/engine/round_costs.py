@@ -23,15 +23,20 @@ never influence whether they are drafted or verified beyond what Algorithm 1 all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 from specserve.decoding.budget import sps_at
 
-EMA = 0.1  # weight of the newest round in every moving average
+log = logging.getLogger(__name__)
+
+EMA = 0.1  # weight of the newest round in every moving average, once it has 1/EMA samples
 
 
-def _ema(previous: float | None, sample: float) -> float:
-    return sample if previous is None else previous + EMA * (sample - previous)
+def _average(previous: float | None, sample: float, count: int) -> float:
+    """The mean of the first 1/EMA samples (`count` includes this one), then an exponential moving average:
+    a kind of round that is only probed now and then must not stay pinned near its first sample."""
+    return sample if previous is None else previous + max(EMA, 1.0 / count) * (sample - previous)
 
 
 @dataclass
@@ -42,6 +47,7 @@ class RoundCosts:
     overhead_plain: float | None = None  # the same for rounds without a drafter call
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round
+    _rounds: dict = field(default_factory=lambda: {True: 0, False: 0})  # rounds recorded, drafting / plain
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
@@ -53,12 +59,14 @@ class RoundCosts:
         if not sps or requests == 0:
             return
         overhead = max(0.0, wall_s - 1.0 / sps_at(sps, tokens))
+        self._rounds[drafted] += 1
+        n = self._rounds[drafted]
         if drafted:
-            self.overhead_drafting = _ema(self.overhead_drafting, overhead)
-            self.tau = _ema(self.tau, committed / requests)
-            self.verified = _ema(self.verified, (tokens - requests) / requests)
+            self.overhead_drafting = _average(self.overhead_drafting, overhead, n)
+            self.tau = _average(self.tau, committed / requests, n)
+            self.verified = _average(self.verified, (tokens - requests) / requests, n)
         else:
-            self.overhead_plain = _ema(self.overhead_plain, overhead)
+            self.overhead_plain = _average(self.overhead_plain, overhead, n)
 
     def rates(self, sps: dict[int, float], requests: int) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests`, once both were measured."""
@@ -82,6 +90,10 @@ class RoundCosts:
         preferred = drafting >= plain
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every, 0
+            log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified, overhead %.2f ms) "
+                      "vs %.1f plain (overhead %.2f ms)", "drafting" if preferred else "plain decoding", requests,
+                      drafting, self.tau, self.verified, 1e3 * self.overhead_drafting, plain,
+                      1e3 * self.overhead_plain)
         elif self._probed:
             self._interval = min(2 * self._interval, self.max_probe_every)
         self._preferred, self._probed = preferred, False

@@ -46,3 +46,15 @@ def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference(
     feed(costs, drafting_s=0.004, plain_s=0.020, tau=4.0, verified=3, requests=32, rounds=60)
     choices = [costs.should_draft(SPS, 32) for _ in range(4)]
     assert choices == [True, True, False, True]
+
+
+def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
+    """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
+    mean (3.25), not 10 % of the way from 1."""
+    costs = RoundCosts()
+    for committed in (1, 4, 4, 4):
+        costs.record(True, 0.012, SPS, 1, tokens=8, committed=committed)
+    assert costs.tau == pytest.approx(3.25)
+    for _ in range(20):
+        costs.record(True, 0.012, SPS, 1, tokens=8, committed=2)
+    assert 2.0 < costs.tau < 2.3, "after 1/EMA rounds it is a moving average again"
