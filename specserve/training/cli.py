@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import inspect
 import logging
 import re
@@ -74,6 +75,7 @@ def cmd_train(args) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     ctx = init_distributed(cfg.train.device)
+    trainer = None
     try:
         trainer = Trainer(cfg, ctx)
         if ctx.is_main:
@@ -91,6 +93,10 @@ def cmd_train(args) -> int:
             for name, value in result.eval_metrics.items():
                 print(f"  {name} = {value:.4f}")
     finally:
+        # the DDP/FSDP wrapper holds the process group: release it while the group still exists, or its
+        # destructor runs after destroy_process_group (when this frame unwinds) and can hang the process
+        del trainer
+        gc.collect()
         shutdown(ctx)
     return 0
 

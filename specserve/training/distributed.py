@@ -93,7 +93,8 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (if this process joined one)."""
+    """Leave the process group (if this process joined one). No barrier: after a failure on this rank the
+    others may be stuck in a collective, and this process must exit so that torchrun stops them."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
