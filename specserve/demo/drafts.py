@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="prompts, regenerated answers and training checkpoints (resumable)")
     parser.add_argument("--only", choices=ALGORITHMS, action="append", help="train only these drafts (repeatable)")
     parser.add_argument("--rows", type=int, default=None, help="prompts to regenerate (default: the recipe's)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per draft (default: one epoch)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps per draft (default: the recipe's epochs: DSpark and DFlash 2, Eagle3 1)")
     parser.add_argument("--heldout-prompts", metavar="FILE", help="only write N (--rows, default 100) evaluation "
                         "prompts from the corpus's held-out files to FILE ({\"turns\": [...]} JSONL) and exit")
     args = parser.parse_args(argv)
