@@ -47,7 +47,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from engine_throughput import cpu_info  # (the sibling benchmark's environment record)
+from environment import cpu_info  # bench/environment.py
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import Qwen3Config, Qwen3ForCausalLM

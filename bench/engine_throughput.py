@@ -31,7 +31,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
+from environment import cpu_info  # bench/environment.py
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -185,22 +184,6 @@ class VerifyPool:
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def cpu_info() -> dict:
-    model_name = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"model": model_name or platform.processor(), "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__,
-            "mkldnn": torch.backends.mkldnn.is_available(), "mkl": torch.backends.mkl.is_available()}
-
-
 def parallel_op_latency_us() -> float:
     """Median time of one small multi-threaded op (a 1 MiB fill). On a quiet machine this is tens of
     microseconds; when another process holds a core, every OpenMP region waits for a scheduler slice

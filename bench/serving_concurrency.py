@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from engine_throughput import cpu_info  # (the sibling benchmark's environment record)
+from environment import cpu_info  # bench/environment.py
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
