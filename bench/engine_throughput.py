@@ -7,6 +7,12 @@ Rows (targets from issue 2):
   d  HF `generate(prompt_lookup_num_tokens=k)`, same prompt            target: c >= d
   e  LocalVerifier.verify of R sessions (different context lengths, 4-8 draft tokens each) in one call
      vs the same R sessions verified by R one-session calls, at R = 1, 4, 16   target: R=16 ratio >= 3
+  A, D  rows a and d again, HF `generate` on the model whose linears specserve switched to its
+     few-row CPU GEMM (`specserve.cpu_linear`): not a target, they show how much of b/a and c/d is
+     that kernel and how much the engine and the drafter.
+
+Rows a and d run on their own copy of the model, untouched by specserve, as a user of HF gets it;
+b, c, e, A and D on the copy that `CausalLM` prepared (same seed, same weights).
 
 Random weights make greedy output repetitive; that is fine because a==b and c==d are checked token
 for token (both are greedy decodes of the same model), so the speed comparison is between identical
@@ -51,9 +57,12 @@ from specserve.engine.verifier import LocalVerifier, OpenRequest, VerifyRequest
 from specserve.target.model import CausalLM
 
 log = logging.getLogger("bench.engine_throughput")
-ROWS = ("a", "b", "c", "d", "e")
+ROWS = ("a", "b", "c", "d", "e", "A", "D")
+GEN_ROWS = ("a", "b", "c", "d", "A", "D")
 DESCRIPTION = {"a": "HF generate, greedy", "b": "specserve, no drafter",
-               "c": "specserve + ngram", "d": "HF generate + prompt lookup"}
+               "c": "specserve + ngram", "d": "HF generate + prompt lookup",
+               "A": "HF generate, greedy, specserve's CPU GEMM",
+               "D": "HF generate + prompt lookup, specserve's CPU GEMM"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -117,9 +126,10 @@ def build_model(args) -> Qwen3ForCausalLM:
 class ForwardCounter:
     """Counts decoder forwards (HF and specserve both call `model.model`), i.e. target steps."""
 
-    def __init__(self, decoder: torch.nn.Module):
+    def __init__(self, *decoders: torch.nn.Module):
         self.calls = 0
-        decoder.register_forward_pre_hook(self._hook)
+        for decoder in decoders:
+            decoder.register_forward_pre_hook(self._hook)
 
     def _hook(self, *_):
         self.calls += 1
@@ -148,8 +158,8 @@ class VerifyPool:
     accepted, and each step grows a session by only its committed tokens, so contexts stay put.
     """
 
-    def __init__(self, model, n: int, args, rng: np.random.Generator):
-        self.verifier = LocalVerifier(CausalLM(model))
+    def __init__(self, target: CausalLM, n: int, args, rng: np.random.Generator):
+        self.verifier = LocalVerifier(target)
         self.params = SamplingParams(max_tokens=1 << 20, ignore_eos=True, seed=0)
         self.ctx = [int(x) for x in rng.permutation(np.linspace(args.ctx_min, args.ctx_max, n).round())]
         self.n_drafts = [args.draft_min + i % (args.draft_max - args.draft_min + 1) for i in range(n)]
@@ -211,8 +221,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
     model = build_model(args)
+    hf_model = build_model(args)  # rows a, d: the same weights, left as transformers made them
     n_params = sum(p.numel() for p in model.parameters())
-    counter = ForwardCounter(model.get_decoder())
+    counter = ForwardCounter(model.get_decoder(), hf_model.get_decoder())
     log.info("Qwen3 %.1f M parameters, %d layers, fp32 sdpa, %d torch threads, loadavg %s",
              n_params / 1e6, args.layers, torch.get_num_threads(), os.getloadavg())
     probes = [parallel_op_latency_us()]
@@ -223,21 +234,23 @@ def main(argv=None) -> int:
     random_prompt = rng.integers(0, args.vocab, args.prompt_len).tolist()
     repetitive_prompt = rng.integers(0, args.vocab, args.snippet_len).tolist() * args.snippet_repeats
     n = args.max_new_tokens
-    plain = SpecEngine(LocalVerifier(CausalLM(model)))
-    ngram = SpecEngine(LocalVerifier(CausalLM(model)), NgramDrafter(max_block=args.lookup_tokens,
-                                                                      max_ngram=args.lookup_ngram))
+    target = CausalLM(model)  # switches model's fp32 linears to specserve's CPU GEMM
+    plain = SpecEngine(LocalVerifier(target))
+    ngram = SpecEngine(LocalVerifier(target), NgramDrafter(max_block=args.lookup_tokens, max_ngram=args.lookup_ngram))
     generators = {
-        "a": lambda: hf_generate(model, random_prompt, n),
+        "a": lambda: hf_generate(hf_model, random_prompt, n),
         "b": lambda: spec_generate(plain, random_prompt, n),
         "c": lambda: spec_generate(ngram, repetitive_prompt, n),
-        "d": lambda: hf_generate(model, repetitive_prompt, n, args.lookup_tokens, args.lookup_ngram),
+        "d": lambda: hf_generate(hf_model, repetitive_prompt, n, args.lookup_tokens, args.lookup_ngram),
+        "A": lambda: hf_generate(model, random_prompt, n),
+        "D": lambda: hf_generate(model, repetitive_prompt, n, args.lookup_tokens, args.lookup_ngram),
     }
-    gen_rows = [row for row in "abcd" if row in args.rows]
+    gen_rows = [row for row in GEN_ROWS if row in args.rows]
     verify_rs = sorted(set(args.verify_r)) if "e" in args.rows else []
     pool = None
     if verify_rs:
         log.info("prefilling %d verify sessions (contexts %d..%d)", max(verify_rs), args.ctx_min, args.ctx_max)
-        pool = VerifyPool(model, max(verify_rs), args, rng)
+        pool = VerifyPool(target, max(verify_rs), args, rng)
 
     jobs = [("gen", row) for row in gen_rows] + [("verify", r) for r in verify_rs]
     raw = {row: [] for row in gen_rows} | {f"e_R{r}": [] for r in verify_rs}
@@ -296,7 +309,7 @@ def main(argv=None) -> int:
 def summarise(args, raw: dict, outputs: dict, pool: VerifyPool | None) -> dict:
     measured = {key: [e for e in entries if not e["warmup"]] for key, entries in raw.items()}
     rows = {}
-    for row in (r for r in "abcd" if r in raw):
+    for row in (r for r in GEN_ROWS if r in raw):
         tps = [e["tokens_per_s"] for e in measured[row]]
         last = measured[row][-1]
         rows[row] = {"description": DESCRIPTION[row], "tokens_per_s_median": statistics.median(tps),
@@ -305,7 +318,7 @@ def summarise(args, raw: dict, outputs: dict, pool: VerifyPool | None) -> dict:
         if "tau" in last:
             rows[row]["tau"] = last["tau"]
     identical = {}
-    for x, y in (("a", "b"), ("c", "d")):
+    for x, y in (("a", "b"), ("c", "d"), ("A", "b"), ("D", "c")):
         if x in outputs and y in outputs:
             per_run = [first_mismatch(p, q) for p, q in zip(outputs[x], outputs[y])]
             identical[f"{x}=={y}"] = {"all_identical": all(m is None for m in per_run),
@@ -325,11 +338,16 @@ def summarise(args, raw: dict, outputs: dict, pool: VerifyPool | None) -> dict:
         checks["b/a"] = (rows["b"]["tokens_per_s_median"] / rows["a"]["tokens_per_s_median"], 0.95)
     if "c" in rows and "d" in rows:
         checks["c/d"] = (rows["c"]["tokens_per_s_median"] / rows["d"]["tokens_per_s_median"], 1.0)
+    info = {}  # same kernels on both sides: what the engine and the drafter add by themselves
+    if "A" in rows and "b" in rows:
+        info["b/A"] = rows["b"]["tokens_per_s_median"] / rows["A"]["tokens_per_s_median"]
+    if "D" in rows and "c" in rows:
+        info["c/D"] = rows["c"]["tokens_per_s_median"] / rows["D"]["tokens_per_s_median"]
     if "e_R16" in verify:
         checks["verify R=16 batched/one-at-a-time"] = (verify["e_R16"]["ratio"], 3.0)
     checks = {name: {"value": value, "target": f">= {target}", "met": value >= target}
               for name, (value, target) in checks.items()}
-    return {"rows": rows, "verify": verify, "identical": identical, "checks": checks}
+    return {"rows": rows, "verify": verify, "identical": identical, "checks": checks, "same_kernel_ratios": info}
 
 
 def markdown(res: dict) -> str:
@@ -351,6 +369,8 @@ def markdown(res: dict) -> str:
     for name, check in res["checks"].items():
         met = "yes" if check["met"] else "NO"
         lines.append(f"| {name} (target {check['target']}) | {check['value']:.3f} | {met} |")
+    for name, value in res.get("same_kernel_ratios", {}).items():
+        lines.append(f"| {name} (same GEMM both sides, no target) | {value:.3f} | – |")
     for pair, check in res["identical"].items():
         lines.append(f"| outputs {pair} ({check['tokens']} tokens) | {check['first_mismatch_per_run']} | "
                      f"{'yes' if check['all_identical'] else 'NO'} |")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from specserve.cpu_linear import use_cpu_linears
 from specserve.drafters.base import DraftBlock, DraftRequest
 from specserve.drafters.dspark import BlockInput, DSparkModel
 from specserve.drafters.tap_session import BatchSampler, SessionStore
@@ -27,6 +28,7 @@ class DSparkDrafter:
         self.model = model.eval()
         if model.markov_head is not None:  # the sequential head reads W2 once per drafted slot
             model.markov_head.sampling_layout()
+        use_cpu_linears(model)  # fp32 CPU: few-row products as (W · xᵀ)ᵀ (skips the stored-transposed W2)
         # STS temperature T_k of slot k (calibration.json); None = the raw head. Public so that a
         # calibration run can record raw confidences from a draft that is already calibrated.
         self.temperatures = tuple(float(t) for t in temperatures) if temperatures else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from specserve.cpu_linear import use_cpu_linears
 from specserve.drafters.base import DraftBlock, DraftRequest
 from specserve.drafters.eagle3 import Eagle3Model
 from specserve.drafters.tap_session import BatchSampler, SessionStore, TapSession
@@ -21,6 +22,7 @@ class Eagle3Drafter:
 
     def __init__(self, model: Eagle3Model):
         self.model = model.eval()
+        use_cpu_linears(model)  # fp32 CPU: few-row products as (W · xᵀ)ᵀ, see specserve.cpu_linear
         cfg = model.cfg
         weight = model.fc.weight
         self._sessions = SessionStore(1, cfg.num_taps * cfg.hidden_size, weight.device, weight.dtype)

@@ -11,13 +11,16 @@ on just those layers, so the other layers' states are never kept.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from specserve.cpu_linear import real_rows, use_cpu_linears
 from specserve.errors import ContextLengthError, ModelLoadError
+from specserve.target.attention import use_gqa_sdpa
 from specserve.target.kv_cache import SlotKVCache
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -35,8 +38,11 @@ class ForwardOutput:
 class CausalLM:
     """A frozen causal LM with per-session KV caches. Not thread-safe: one forward at a time."""
 
-    def __init__(self, model: nn.Module, tokenizer=None, max_len: int | None = None):
+    def __init__(self, model: nn.Module, tokenizer=None, max_len: int | None = None, cpu_linears: bool = True):
         self.model = model.eval().requires_grad_(False)
+        if cpu_linears:  # fp32 CPU: few-row products as (W · xᵀ)ᵀ, padded rows skipped (specserve.cpu_linear)
+            use_cpu_linears(self.model)
+        use_gqa_sdpa(self.model)  # grouped K/V heads read in place, not copied per query head
         self.tokenizer = tokenizer
         self.config = model.config.get_text_config()
         self.decoder = model.get_decoder()
@@ -132,11 +138,12 @@ class CausalLM:
         for row, i in enumerate(order):
             ids[row, : counts[i]] = torch.as_tensor(tokens[i], dtype=torch.long)
         positions = self.cache.begin([slots[i] for i in order], width)
-        try:
-            hidden, tapped = self._run(ids.to(self.device), positions.to(self.device), taps)
-        finally:
-            for i in order:
-                self.cache.lengths[slots[i]] -= width - counts[i]
+        with self._only_real_rows([counts[i] for i in order], width):
+            try:
+                hidden, tapped = self._run(ids.to(self.device), positions.to(self.device), taps)
+            finally:
+                for i in order:
+                    self.cache.lengths[slots[i]] -= width - counts[i]
         unsort = torch.empty(len(order), dtype=torch.long)
         unsort[torch.tensor(order)] = torch.arange(len(order))
         hidden = hidden[unsort]
@@ -145,8 +152,16 @@ class CausalLM:
             last = torch.tensor(counts) - 1
             logits = self.logits(hidden[torch.arange(len(counts)), last])
         else:
-            logits = self.logits(hidden)
+            with self._only_real_rows(counts, width):
+                logits = self.logits(hidden)
         return ForwardOutput(logits=logits, taps=tapped, final_hidden=hidden if final_hidden else None)
+
+    def _only_real_rows(self, counts: list[int], width: int):
+        """Linears skip the padding of a ragged batch (zeros there); a no-op when nothing is padded."""
+        if sum(counts) == width * len(counts):
+            return contextlib.nullcontext()
+        real = torch.arange(width)[None, :] < torch.tensor(counts)[:, None]
+        return real_rows(len(counts) * width, real.flatten().nonzero().squeeze(1).to(self.device))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The frozen LM head (with Gemma's final soft-capping) in float32."""
