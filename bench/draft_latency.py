@@ -23,6 +23,10 @@ core when other work shares the machine (meaningful with --threads 1 only).
 Targets (issue 3): DSpark / DFlash at γ = 8 <= 1.10; DFlash and DSpark at γ = 16 / γ = 4 <= 1.5;
 Eagle3's round cost linear in its tokens (least-squares fit, R² >= --linear-r2).
 
+Kernels: the drafts' fp32 linears run specserve's few-row CPU products (`specserve.cpu_linear`; with
+one thread up to 4 rows), as in serving. That makes a γ = 4 block (4 LM-head rows) far cheaper than
+γ = 8..16, which stay on F.linear: compare `--torch-linears`, which keeps F.linear everywhere.
+
 Writes --out (JSON: command, versions, CPU, raw timings, medians, ratios, targets met) and --plot (PNG),
 and prints markdown tables. Set the thread pool explicitly and keep idle OpenMP workers from spinning:
 
@@ -84,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--markov-rank", type=int, default=64, help="rank of DSpark's sequential head")
     d.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="draft weights (DeepSpec ships bf16); the target and its taps stay fp32")
+    d.add_argument("--torch-linears", action="store_true",
+                   help="keep F.linear in the drafts (no specserve.cpu_linear few-row products), for comparison")
     d.add_argument("--gammas", type=int, nargs="+", default=[4, 8, 12, 16], help="DFlash/DSpark block sizes")
     d.add_argument("--eagle-tokens", type=int, nargs="+", default=[1, 2, 4, 8, 12, 16],
                    help="Eagle3 tokens drafted per round")
@@ -179,7 +185,7 @@ def build_drafters(target, args) -> dict[tuple[str, int], DSparkDrafter | Eagle3
             model.load_state_dict(state, assign=True)
             model.requires_grad_(False)
             wrap = Eagle3Drafter if name == "eagle3" else DSparkDrafter
-            drafters[name, gamma] = wrap(model)
+            drafters[name, gamma] = wrap(model, cpu_linears=not args.torch_linears)
     return drafters
 
 

@@ -24,11 +24,12 @@ from specserve.eval.calibration import apply_temperatures
 class DSparkDrafter:
     """Drafts γ = block_size tokens per round with a DSpark/DFlash model (the `Drafter` protocol)."""
 
-    def __init__(self, model: DSparkModel, temperatures: Sequence[float] | None = None):
+    def __init__(self, model: DSparkModel, temperatures: Sequence[float] | None = None, cpu_linears: bool = True):
         self.model = model.eval()
         if model.markov_head is not None:  # the sequential head reads W2 once per drafted slot
             model.markov_head.sampling_layout()
-        use_cpu_linears(model)  # fp32 CPU: few-row products as (W · xᵀ)ᵀ (skips the stored-transposed W2)
+        if cpu_linears:  # fp32 CPU: few-row products as (W · xᵀ)ᵀ (skips the stored-transposed W2)
+            use_cpu_linears(model)
         # STS temperature T_k of slot k (calibration.json); None = the raw head. Public so that a
         # calibration run can record raw confidences from a draft that is already calibrated.
         self.temperatures = tuple(float(t) for t in temperatures) if temperatures else None

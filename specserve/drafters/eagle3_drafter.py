@@ -20,9 +20,10 @@ from specserve.errors import SessionError
 class Eagle3Drafter:
     """Autoregressive drafting with an Eagle3 model (the `Drafter` protocol)."""
 
-    def __init__(self, model: Eagle3Model):
+    def __init__(self, model: Eagle3Model, cpu_linears: bool = True):
         self.model = model.eval()
-        use_cpu_linears(model)  # fp32 CPU: few-row products as (W · xᵀ)ᵀ, see specserve.cpu_linear
+        if cpu_linears:  # fp32 CPU: few-row products as (W · xᵀ)ᵀ, see specserve.cpu_linear
+            use_cpu_linears(model)
         cfg = model.cfg
         weight = model.fc.weight
         self._sessions = SessionStore(1, cfg.num_taps * cfg.hidden_size, weight.device, weight.dtype)
