@@ -13,14 +13,19 @@ gateway start each):
 
 Modes: `embedded` (`specserve serve`: one process) and `grpc` (`specserve serve-verifier` and
 `specserve serve-drafter` processes on loopback, the gateway as `specserve serve-gateway`). Both modes
-run the same policies on the same prompts in this one run. Threads: the embedded process and the
-verifier get `--threads` torch threads (default 1), the drafter service and the gateway of the gRPC
-mode one each. On this 2-core machine the load generator and the gateway's event loop need a core
-while the engine computes: with 2 torch threads in the embedded gateway an OpenMP worker is preempted
-inside the hundreds of small parallel regions of a speculative round and every other worker waits at
-the barrier (fixed-γ greedy at c=1: 142 tok/s per user with 2 threads, 205 with 1; no speculation:
-170 and 166). OpenMP keeps its default wait policy: `OMP_WAIT_POLICY=PASSIVE` puts every worker to
-sleep between those regions and halved the demo model's speed here.
+run the same policies on the same prompts in this one run. Threads: the embedded process gets
+`--threads` torch threads (default 1, which is also `specserve serve`'s own default on 2 cores:
+usable cores - 1), the gRPC verifier `--verifier-threads` (default 2), the drafter service and the
+gateway of the gRPC mode one each; each mode runs at its best setting on this 2-core machine. In
+the embedded process the load generator and the gateway's event loop need a core while the engine
+computes: with 2 torch threads an OpenMP worker is preempted inside the hundreds of small parallel
+regions of a speculative round and every other worker waits at the barrier (fixed-2 at c=1: 70 tok/s
+per user with 2 threads, 137 with 1; no speculation: 162 and 164; at c=8 no speculation gains from 2
+threads, 774 vs 643 aggregate, but every drafting policy collapses). The verifier service spends its
+time in the model while the gateway and drafter processes mostly wait on its answer, so it gains from
+both cores (c=8 aggregate, gRPC: no speculation 603 tok/s with 2 verifier threads vs 509 with 1,
+prefix 544 vs 471). OpenMP keeps its default wait policy: `OMP_WAIT_POLICY=PASSIVE` puts every
+worker to sleep between parallel regions and halved the demo model's speed here.
 
 Sampling is at temperature 1 (the API default; the demo DSpark draft's STS temperatures were fitted
 at it) with a fixed seed per prompt, and requests ignore EOS, so every policy generates the same
@@ -96,7 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "policy does the same amount of work)")
     p.add_argument("--policies", nargs="+", choices=POLICIES, default=list(POLICIES), help="policies to run")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="deployment modes to run")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the embedded process and the verifier")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the embedded process (`serve --threads`)")
+    p.add_argument("--verifier-threads", type=int, default=2,
+                   help="torch threads of the gRPC verifier service (`serve-verifier --threads`)")
     p.add_argument("--max-batch", type=int, default=32, help="gateway max_batch (requests decoded together)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a service may take to get ready")
     p.add_argument("--out", default="bench/results/serving_concurrency.json", help="JSON results")
@@ -264,7 +271,7 @@ def run_embedded(args, services: Services, prompts: list[str], bar: tqdm) -> dic
         port = free_port()
         drafter = "none" if policy == "none" else args.drafter
         proc = services.start(f"serve-{policy}", args.threads, "serve", "--port", str(port), "--target", args.target,
-                              "--drafter", drafter, "--max-batch", str(args.max_batch),
+                              "--threads", str(args.threads), "--drafter", drafter, "--max-batch", str(args.max_batch),
                               "--max-waiting", str(2 * args.max_batch), *policy_flags(policy))
         url = f"http://127.0.0.1:{port}"
         wait_http_ready(services, url, args.startup_timeout)
@@ -275,10 +282,11 @@ def run_embedded(args, services: Services, prompts: list[str], bar: tqdm) -> dic
 
 def run_grpc(args, services: Services, prompts: list[str], taps: list[int], bar: tqdm) -> dict:
     v_port, d_port = free_port(), free_port()
-    services.start("verifier", args.threads, "serve-verifier", "--host", "127.0.0.1", "--port", str(v_port), "--model",
-                   args.target, "--tap-layers", ",".join(map(str, taps)))
+    services.start("verifier", args.verifier_threads, "serve-verifier", "--host", "127.0.0.1", "--port", str(v_port),
+                   "--model", args.target, "--tap-layers", ",".join(map(str, taps)),
+                   "--threads", str(args.verifier_threads))
     services.start("drafter", 1, "serve-drafter", "--host", "127.0.0.1", "--port", str(d_port), "--drafter",
-                   args.drafter, "--target", args.target)
+                   args.drafter, "--target", args.target, "--threads", "1")
     wait_grpc_ready(services, f"127.0.0.1:{v_port}", args.startup_timeout)
     wait_grpc_ready(services, f"127.0.0.1:{d_port}", args.startup_timeout)
     results = {}

@@ -153,7 +153,7 @@ def cmd_demo_build_target(args) -> int:
 
 _GATEWAY_FIELDS = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
                    "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device", "verifier_urls",
-                   "drafter_url")
+                   "drafter_url", "threads")
 
 
 def _add_serve(sub) -> None:
@@ -183,6 +183,8 @@ def _add_serve(sub) -> None:
     serve.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
     serve.add_argument("--dtype", help="float32 | bfloat16 | float16")
     serve.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+    serve.add_argument("--threads", type=int, help="torch threads of the engine (default: usable cores - 1, at "
+                                                   "least 1: the HTTP event loop keeps a core)")
     gateway.add_argument("--verifier-urls", required=True, help="comma-separated verifier replicas (host:port)")
     gateway.add_argument("--drafter-url", help="drafter service (host:port); unset = no speculation")
 
@@ -196,6 +198,7 @@ def _add_serve(sub) -> None:
     verifier.add_argument("--tap-layers", help="comma-separated target layers returned as taps (the drafter's)")
     verifier.add_argument("--dtype", help="float32 | bfloat16 | float16")
     verifier.add_argument("--device", help="torch device")
+    verifier.add_argument("--threads", type=int, help="torch threads (default: one per usable core)")
     verifier.set_defaults(func=cmd_serve_verifier)
     drafter = sub.add_parser("serve-drafter", help="run the gRPC drafter service",
                              description="Serve a drafter over gRPC (specserve.v1.Drafter) with health and "
@@ -208,6 +211,7 @@ def _add_serve(sub) -> None:
                                           "without them (only those two tensors are read)")
     drafter.add_argument("--dtype", help="float32 | bfloat16 | float16")
     drafter.add_argument("--device", help="torch device")
+    drafter.add_argument("--threads", type=int, help="torch threads (default: one per usable core)")
     drafter.set_defaults(func=cmd_serve_drafter)
 
 
@@ -231,7 +235,7 @@ def cmd_serve_verifier(args) -> int:
     from services.verifier.main import serve
     from services.verifier.settings import VerifierSettings
 
-    given = _given(args, ("host", "port", "model", "dtype", "device"))
+    given = _given(args, ("host", "port", "model", "dtype", "device", "threads"))
     if args.tap_layers:
         given["tap_layers"] = tuple(int(t) for t in args.tap_layers.split(","))
     asyncio.run(serve(VerifierSettings(**given)))
@@ -245,7 +249,7 @@ def cmd_serve_drafter(args) -> int:
     from services.drafter.settings import DrafterSettings
 
     asyncio.run(serve(DrafterSettings(**_given(args, ("host", "port", "drafter", "block_size", "target", "dtype",
-                                                                       "device")))))
+                                                                       "device", "threads")))))
     return 0
 
 

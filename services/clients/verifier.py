@@ -143,12 +143,12 @@ class RemoteVerifier:
         groups: dict[_Replica, list[VerifyRequest]] = {}
         for r in todo:
             groups.setdefault(self._sessions[r.session].replica, []).append(r)
-        calls = [(rep, reqs, rep.stub.Verify.future(verifier_pb2.VerifyRequest(items=[_verify_item(r) for r in reqs]),
-                                                    timeout=self.timeout_s)) for rep, reqs in groups.items()]
+        calls = _fan_out([(rep, reqs, rep.stub.Verify, verifier_pb2.VerifyRequest(items=list(map(_verify_item, reqs))))
+                          for rep, reqs in groups.items()], self.timeout_s)
         retry, lost = [], []
-        for rep, reqs, future in calls:
+        for rep, reqs, outcome in calls:
             try:
-                results = future.result().results
+                results = outcome().results
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and rep not in slow:
                     slow.add(rep)  # maybe only slow: the same call again is idempotent
@@ -214,12 +214,12 @@ class RemoteVerifier:
             groups = self._place(pending, avoid)
             if not groups:
                 break
-            calls = [(rep, its, rep.stub.Open.future(verifier_pb2.VerifierOpenRequest(items=its),
-                                                     timeout=self.open_timeout_s)) for rep, its in groups.items()]
+            calls = _fan_out([(rep, its, rep.stub.Open, verifier_pb2.VerifierOpenRequest(items=its))
+                              for rep, its in groups.items()], self.open_timeout_s)
             pending = []
-            for rep, its, future in calls:
+            for rep, its, outcome in calls:
                 try:
-                    results = future.result().results
+                    results = outcome().results
                 except grpc.RpcError as exc:
                     if exc.code() not in _DOWN:
                         failed.update({it.session: (exc.code(), exc.details() or "") for it in its})
@@ -306,3 +306,17 @@ def _verify_item(r: VerifyRequest) -> verifier_pb2.VerifyItem:
     if r.q is not None:
         item.q.CopyFrom(q_to_proto(r.q))
     return item
+
+
+def _fan_out(calls: list[tuple], timeout_s: float) -> list[tuple]:
+    """Start one unary call per replica group: [(replica, items, method, request)] -> [(replica, items, outcome)].
+
+    `outcome()` returns the response or raises its grpc.RpcError. Several groups run as futures, in
+    parallel; a single group (one replica, the common case) is a plain blocking call when its outcome is
+    read: a future starts a channel-spin thread per call, which cost the gateway a sixth of its CPU time at
+    concurrency 8 (py-spy, bench/serving_concurrency.py, gRPC mode).
+    """
+    if len(calls) == 1:
+        rep, items, method, request = calls[0]
+        return [(rep, items, lambda: method(request, timeout=timeout_s))]
+    return [(rep, items, method.future(request, timeout=timeout_s).result) for rep, items, method, request in calls]

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.common.host import run_until_signal
+from services.common.threads import set_torch_threads
 from services.drafter.server import DrafterServer
 from services.drafter.settings import DrafterSettings
 from specserve.drafters.base import Drafter
@@ -13,6 +14,7 @@ from specserve.drafters.base import Drafter
 
 async def serve(settings: DrafterSettings, drafter: Drafter | None = None) -> None:
     """Build the drafter (unless `drafter` is given), serve until SIGINT/SIGTERM, then drain."""
+    set_torch_threads(settings.threads, service="drafter")
     await run_until_signal(DrafterServer(settings, drafter))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
+from services.common.threads import set_torch_threads
 from services.gateway.policy import build_policy
 from services.gateway.settings import GatewaySettings
 from specserve.drafters.registry import build_drafter
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 def build_embedded_engine(settings: GatewaySettings) -> SpecEngine:
     """Load the target, build the drafter and the in-process verifier, and assemble the SpecEngine."""
     start = time.perf_counter()
+    set_torch_threads(settings.threads, reserve=1, service="embedded engine")
     target = CausalLM.from_pretrained(settings.target, dtype=settings.dtype, device=settings.device,
                                       max_len=settings.max_model_len)
     drafter = build_drafter(settings.drafter, target, settings.block_size)

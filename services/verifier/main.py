@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from services.common.host import run_until_signal
+from services.common.threads import set_torch_threads
 from services.verifier.server import VerifierServer
 from services.verifier.settings import VerifierSettings
 from specserve.engine.verifier import LocalVerifier
@@ -13,6 +14,7 @@ from specserve.engine.verifier import LocalVerifier
 
 async def serve(settings: VerifierSettings, verifier: LocalVerifier | None = None) -> None:
     """Load the target (unless `verifier` is given), profile SPS(B), serve until SIGINT/SIGTERM, then drain."""
+    set_torch_threads(settings.threads, service="verifier")
     await run_until_signal(VerifierServer(settings, verifier))
 
 
