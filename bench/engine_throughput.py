@@ -27,7 +27,7 @@ multi-threaded fill is timed: a few microseconds on a quiet machine, ~8 ms when 
 a core (each OpenMP region then waits for a scheduler slice). Every probe is recorded in the
 JSON and a warning is logged; rerun when the machine is quiet.
 
-  .venv/bin/python bench/engine_throughput.py                 # the committed run (~2 min on 2 quiet cores)
+  .venv/bin/python bench/engine_throughput.py                 # the committed run (~3 min on 2 quiet cores)
   .venv/bin/python bench/engine_throughput.py --layers 2 --repeats 1 --max-new-tokens 16   # smoke
 """
 
