@@ -7,9 +7,10 @@ Rows (targets from issue 2):
   d  HF `generate(prompt_lookup_num_tokens=k)`, same prompt            target: c >= d
   e  LocalVerifier.verify of R sessions (different context lengths, 4-8 draft tokens each) in one call
      vs the same R sessions verified by R one-session calls, at R = 1, 4, 16   target: R=16 ratio >= 3
-  A, D  rows a and d again, HF `generate` on the model whose linears specserve switched to its
-     few-row CPU GEMM (`specserve.cpu_linear`): not a target, they show how much of b/a and c/d is
-     that kernel and how much the engine and the drafter.
+  A, D  rows a and d again, HF `generate` on the model `CausalLM` prepared: linears switched to
+     specserve's few-row CPU GEMM (`specserve.cpu_linear`) and attention to its grouped-head SDPA
+     (`specserve.target.attention`, used by D's multi-token steps). Not targets: they show how much of
+     b/a and c/d is those kernels and how much the engine and the drafter.
 
 Rows a and d run on their own copy of the model, untouched by specserve, as a user of HF gets it;
 b, c, e, A and D on the copy that `CausalLM` prepared (same seed, same weights).
@@ -94,7 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     v.add_argument("--draft-min", type=int, default=4, help="session i verifies draft-min + i %% (span) random drafts")
     v.add_argument("--draft-max", type=int, default=8, help="most draft tokens of one session")
     r = p.add_argument_group("run")
-    r.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of a,b,c,d,e (e.g. for profiling)")
+    r.add_argument("--rows", default=",".join(ROWS),
+                   help="comma-separated subset of a,b,c,d,e,A,D (e.g. for profiling)")
     r.add_argument("--repeats", type=int, default=3, help="round-robin repeats after one warm-up of every row")
     r.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
     r.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "engine_throughput.json",

@@ -183,8 +183,8 @@ def _add_serve(sub) -> None:
     serve.add_argument("--block-size", type=int, help="draft tokens per round (γ)")
     serve.add_argument("--dtype", help="float32 | bfloat16 | float16")
     serve.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
-    serve.add_argument("--threads", type=int, help="torch threads of the engine (default: usable cores - 1, at "
-                                                   "least 1: the HTTP event loop keeps a core)")
+    serve.add_argument("--threads", type=int, help="torch threads of the engine (default: OMP_NUM_THREADS, else "
+                                                   "usable cores - 1, at least 1: the HTTP event loop keeps a core)")
     gateway.add_argument("--verifier-urls", required=True, help="comma-separated verifier replicas (host:port)")
     gateway.add_argument("--drafter-url", help="drafter service (host:port); unset = no speculation")
 
@@ -198,7 +198,8 @@ def _add_serve(sub) -> None:
     verifier.add_argument("--tap-layers", help="comma-separated target layers returned as taps (the drafter's)")
     verifier.add_argument("--dtype", help="float32 | bfloat16 | float16")
     verifier.add_argument("--device", help="torch device")
-    verifier.add_argument("--threads", type=int, help="torch threads (default: one per usable core)")
+    verifier.add_argument("--threads", type=int,
+                        help="torch threads (default: OMP_NUM_THREADS, else one per usable core)")
     verifier.set_defaults(func=cmd_serve_verifier)
     drafter = sub.add_parser("serve-drafter", help="run the gRPC drafter service",
                              description="Serve a drafter over gRPC (specserve.v1.Drafter) with health and "
@@ -211,7 +212,8 @@ def _add_serve(sub) -> None:
                                           "without them (only those two tensors are read)")
     drafter.add_argument("--dtype", help="float32 | bfloat16 | float16")
     drafter.add_argument("--device", help="torch device")
-    drafter.add_argument("--threads", type=int, help="torch threads (default: one per usable core)")
+    drafter.add_argument("--threads", type=int,
+                        help="torch threads (default: OMP_NUM_THREADS, else one per usable core)")
     drafter.set_defaults(func=cmd_serve_drafter)
 
 

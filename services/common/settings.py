@@ -21,5 +21,5 @@ class ServerSettings(BaseSettings):
     shutdown_delay_s: float = Field(1.0, ge=0, description="on shutdown, report NOT_SERVING this long before "
                                                            "refusing new calls, so health watchers move away")
     grace_s: float = Field(10.0, ge=0, description="then let in-flight calls finish for at most this long")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads of the model; default: one per "
-                                                        "usable core")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads of the model; default: "
+                                                        "OMP_NUM_THREADS, else one per usable core")

@@ -11,7 +11,8 @@ log = logging.getLogger(__name__)
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers narrow), at least 1."""
+    """Cores this process may run on (its CPU affinity), at least 1. A CPU quota (`docker --cpus`, a
+    Kubernetes limit) does not narrow the affinity: set `threads` (or OMP_NUM_THREADS) there."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # no affinity API (macOS)
@@ -19,12 +20,18 @@ def usable_cores() -> int:
 
 
 def set_torch_threads(requested: int | None, reserve: int = 0, service: str = "service") -> int:
-    """Use `requested` threads, or when None every usable core but `reserve` (at least one); returns the count.
+    """Use `requested` threads; when None, OMP_NUM_THREADS if set (torch already follows it), else every
+    usable core but `reserve` (at least one). Returns the count.
 
     Torch keeps the setting process-wide; the engine's own thread picks it up on its first parallel op.
     """
-    threads = requested or max(1, usable_cores() - reserve)
+    if requested:
+        threads, why = requested, "requested"
+    elif os.environ.get("OMP_NUM_THREADS", "").strip():
+        threads, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    else:
+        threads = max(1, usable_cores() - reserve)
+        why = f"{usable_cores()} usable cores, {reserve} left to the event loop"
     torch.set_num_threads(threads)
-    log.info("%s: %d torch threads (%s)", service, threads,
-             "requested" if requested else f"{usable_cores()} usable cores, {reserve} left to the event loop")
+    log.info("%s: %d torch threads (%s)", service, threads, why)
     return threads

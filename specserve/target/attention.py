@@ -5,8 +5,13 @@ expands each layer's K/V from `num_key_value_heads` to `num_attention_heads` (`r
 copy of the sessions' cache per layer per step. `torch.nn.functional.scaled_dot_product_attention`
 takes grouped heads directly (`enable_gqa=True`). On the 150 M Qwen3 of `bench/engine_throughput.py`
 (12 query / 4 K/V heads) a batched verify of 16 sessions drops from 286 to 245 ms, and the copy is
-gone from the profile. Everything this function does not handle (no mask, softcapping, position
-bias, attention weights asked for) goes to transformers' own SDPA function unchanged.
+gone from the profile. Everything this function does not handle (single-query steps, models without
+grouped heads, no mask, softcapping, position bias, attention weights asked for) goes to
+transformers' own SDPA function unchanged.
+
+Only CPU models switch: on CUDA a masked grouped-head call falls back to SDPA's math kernel. Models
+that share K/V across layers (Gemma4 `num_kv_shared_layers`) keep "sdpa": transformers keys code of
+theirs on that name.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ def gqa_sdpa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key
 
 
 def use_gqa_sdpa(model) -> bool:
-    """Switch a transformers model from "sdpa" to the grouped-head SDPA above; False if it runs another one."""
-    if model.config._attn_implementation != "sdpa":
+    """Switch a CPU transformers model from "sdpa" to the grouped-head SDPA above; False if it stays as it is."""
+    if model.config._attn_implementation != "sdpa" or next(model.parameters()).device.type != "cpu":
+        return False
+    if getattr(model.config.get_text_config(), "num_kv_shared_layers", 0):
         return False
     AttentionInterface.register(NAME, gqa_sdpa_attention_forward)
     AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -36,3 +36,18 @@ def test_other_attention_implementations_are_left_alone():
     model.set_attn_implementation("eager")
     assert attention.use_gqa_sdpa(model) is False
     assert model.config._attn_implementation == "eager"
+
+
+def test_models_sharing_kv_across_layers_keep_sdpa():
+    """Gemma4's shared-KV layers take a code path that transformers keys on the name "sdpa"."""
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    cfg = Gemma4TextConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                           sliding_window=8, global_head_dim=32, hidden_size_per_layer_input=0,
+                           layer_types=["sliding_attention", "full_attention"] * 2, num_kv_shared_layers=2)
+    cfg._attn_implementation = "sdpa"
+    model = Gemma4ForCausalLM(cfg).eval()
+    assert attention.use_gqa_sdpa(model) is False
+    assert model.config._attn_implementation == "sdpa"
+    assert CausalLM(model).model.config._attn_implementation == "sdpa"

@@ -9,7 +9,7 @@ from torch import nn
 from specserve import cpu_linear
 from specserve.cpu_linear import use_cpu_linears
 from specserve.target.model import CausalLM
-from tests.tiny_models import tiny_model
+from tests.tiny_models import ARCHS, tiny_model
 
 
 @pytest.fixture
@@ -56,11 +56,17 @@ def test_swapped_only_up_to_the_row_limit(threads, monkeypatch):
         assert calls == [], f"{limit + 1} rows on {n_threads} threads should keep F.linear"
 
 
+class _OwnForward(nn.Linear):  # a subclass may override forward: it is left alone
+    pass
+
+
 def test_skips_other_dtypes_layouts_and_subclasses():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).to(torch.bfloat16), nn.Linear(4, 6), nn.Embedding(3, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4).to(torch.bfloat16), nn.Linear(4, 6), nn.Embedding(3, 4),
+                          _OwnForward(4, 4))
     model[2].weight.data = model[2].weight.data.t().contiguous().t()  # a stored transpose (DSpark's W2)
     assert use_cpu_linears(model) == 1
-    assert "forward" in vars(model[0]) and "forward" not in vars(model[1]) and "forward" not in vars(model[2])
+    assert "forward" in vars(model[0])
+    assert not any("forward" in vars(model[i]) for i in (1, 2, 4))
     assert use_cpu_linears(model) == 1  # idempotent: patched again, not wrapped twice
     x = torch.randn(2, 4)
     torch.testing.assert_close(model[0](x), nn.functional.linear(x, model[0].weight, model[0].bias))
@@ -75,7 +81,8 @@ def test_gradients_flow(threads):
     torch.testing.assert_close(swapped.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
 
 
-def test_target_adapter_switches_its_linears_and_can_opt_out():
+def test_target_adapter_switches_its_linears_and_can_opt_out(threads, monkeypatch):
+    threads(2)  # the test suite runs one thread; two route up to 8 rows through the swapped product
     on = CausalLM(tiny_model("qwen3"))
     off = CausalLM(tiny_model("qwen3"), cpu_linears=False)
     patched = lambda lm: sum("forward" in vars(m) for m in lm.model.modules() if type(m) is nn.Linear)  # noqa: E731
@@ -84,9 +91,15 @@ def test_target_adapter_switches_its_linears_and_can_opt_out():
     assert patched(off) == 0
     for lm in (on, off):
         lm.open("s")
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: calls.append(1) or real_mm(*a))
     prompt = [[3, 5, 7, 9, 11, 2]]
     a = on.forward(["s"], prompt).logits
+    assert len(calls) == n_linear, "every linear of a 6-token step should take the swapped product"
+    calls.clear()
     b = off.forward(["s"], prompt).logits
+    assert calls == []
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
@@ -112,8 +125,11 @@ def test_real_rows_computes_only_the_listed_rows(monkeypatch):
     assert seen == [12]
 
 
-def test_ragged_target_forward_skips_padding_and_matches_one_session_forwards(monkeypatch):
-    lm = CausalLM(tiny_model("qwen3"))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_ragged_target_forward_skips_padding_and_matches_one_session_forwards(arch, threads, monkeypatch):
+    threads(2)  # 7 real rows: the swapped product, on the packed rows
+    lm = CausalLM(tiny_model(arch))
+    taps = (0, lm.num_layers - 1)
     prompts = {"a": [3, 5, 7, 9, 11, 2, 4], "b": [8, 6, 4], "c": [1, 2, 3, 4, 5]}
     for s, p in prompts.items():
         lm.open(s)
@@ -122,9 +138,11 @@ def test_ragged_target_forward_skips_padding_and_matches_one_session_forwards(mo
     seen = []
     product = cpu_linear._product
     monkeypatch.setattr(cpu_linear, "_product", lambda m, flat: seen.append(flat.shape[0]) or product(m, flat))
-    batched = lm.forward(list(new), list(new.values())).logits
+    batched = lm.forward(list(new), list(new.values()), taps=taps)
     assert set(seen) == {7}, f"every linear should see the 7 real tokens of 3 x 4 padded rows, saw {set(seen)}"
+    assert torch.isfinite(batched.logits).all() and torch.isfinite(batched.taps).all()
     for i, (s, ids) in enumerate(new.items()):
         lm.truncate(s, len(prompts[s]))
-        alone = lm.forward([s], [ids]).logits[0]
-        torch.testing.assert_close(batched[i, : len(ids)], alone, rtol=1e-4, atol=1e-4)
+        alone = lm.forward([s], [ids], taps=taps)
+        torch.testing.assert_close(batched.logits[i, : len(ids)], alone.logits[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batched.taps[i, : len(ids)], alone.taps[0], rtol=1e-4, atol=1e-4)
