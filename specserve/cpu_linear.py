@@ -54,7 +54,10 @@ def real_rows(padded: int, index: torch.Tensor) -> Iterator[None]:
     and return zeros in the others (finite and inert: padding is never attended to by real tokens).
 
     A ragged batch (sessions verifying 1..γ+1 tokens, right-padded to the longest) then costs its
-    real tokens only: 16 sessions with 4-8 drafts fill 110 of 144 padded rows.
+    real tokens only: 16 sessions with 4-8 drafts fill 110 of 144 padded rows. Rows are matched by
+    count alone: a linear inside the block applied to some other tensor of exactly `padded` rows (none
+    does in the transformers 5 decoders served here; MoE experts are not `nn.Linear`) would be
+    masked too, so the block must wrap nothing but the padded forward.
     """
     token = _REAL_ROWS.set(_RealRows(padded, index))
     try:
