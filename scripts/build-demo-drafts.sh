@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the demo's DSpark, DFlash and Eagle3 drafts against models/demo/target into models/demo/<algorithm>/
-# (recipe: specserve/demo/drafts.py; about 25-30 minutes on 2 CPU cores). Regeneration and training resume
+# (recipe: specserve/demo/drafts.py; about an hour on 2 CPU cores). Regeneration and training resume
 # after an interruption (work files under $TMPDIR/specserve-demo-drafts). Extra arguments go to the module
 # (--only ALGORITHM, --rows N, --steps N, --work-dir DIR; try --help).
 set -euo pipefail

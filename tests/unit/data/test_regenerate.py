@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from specserve.data.ordered_output import progress_path
+from specserve.data.prompts import read_prompts
 from specserve.data.regenerate import RegenConfig, Regenerator, row_seed
 from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.engine import SpecEngine
@@ -154,3 +155,26 @@ def test_a_turn_that_does_not_fit_the_context_ends_the_row(tiny_target_dir, tmp_
     assert second["finish_reasons"][1] == "context_length"
     assert [m["role"] for m in second["conversations"]] == ["user", "assistant"]
     assert summary.truncated_turns >= 2
+
+
+def test_demo_recipe_mixes_samplings_in_prompt_order(target, tmp_path):
+    """The demo drafts' recipe answers prompt i with sampling[i % n] and merges the parts in prompt order."""
+    from specserve.demo.drafts import DraftsRecipe
+    from specserve.demo.drafts import regenerate as regenerate_mixed
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text((FIXTURES / "prompts.jsonl").read_text())
+    rows = read_prompts(prompts).rows
+    recipe = DraftsRecipe(sampling=((0.0, 1.0, 0), (1.0, 1.0, 0)), max_new_tokens=8, regen_batch=4)
+    out = tmp_path / "regenerated.jsonl"
+    regenerate_mixed(target, prompts, out, recipe)
+    merged = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["index"] for r in merged] == [r.index for r in rows]
+    parts = [[json.loads(x) for x in (tmp_path / f"regenerated.{i}.jsonl").read_text().splitlines()] for i in (0, 1)]
+    assert merged[0::2] == parts[0] and merged[1::2] == parts[1]
+    # the even rows are the greedy answers a plain greedy regeneration gives
+    regenerate(target, rows[0::2], tmp_path / "greedy.jsonl", max_batch=2, temperature=0.0, max_tokens=8)
+    greedy = [json.loads(x) for x in (tmp_path / "greedy.jsonl").read_text().splitlines()]
+    assert [r["conversations"] for r in greedy] == [r["conversations"] for r in parts[0]]
+    regenerate_mixed(target, prompts, out, recipe)  # a rerun finds both parts complete and rewrites the same file
+    assert [json.loads(x) for x in out.read_text().splitlines()] == merged
