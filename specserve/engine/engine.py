@@ -176,6 +176,9 @@ class SpecEngine:
         batch = list(self.running)
         load = self._load() if self.policy.needs_load else None
         drafting = load is None or self._costs.should_draft(load.sps, len(batch))
+        # positions the drafter must take in before it drafts (prompts, rounds decoded without it); a round
+        # that catches up on more than a round's worth costs more than drafting does in a steady stream
+        backlog = sum(r.committed_len - r.drafter_len for r in batch if r.id in self._drafting)
         blocks = self._propose(batch) if drafting else [_NO_DRAFT] * len(batch)
         drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
@@ -209,7 +212,8 @@ class SpecEngine:
             self._commit(r, res.tokens, outputs)
         if load is not None:
             self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
-                               tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results))
+                               tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
+                               steady=backlog <= len(batch) * (self.policy.max_draft + 1), longest=max(budgets))
 
     def _load(self) -> LoadReport:
         """The verifier's load, with the per-round overhead this engine measured on rounds that drafted."""
@@ -217,6 +221,8 @@ class SpecEngine:
 
     def _propose(self, batch: list[Request]) -> list[DraftBlock]:
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
+        if self._costs is not None:  # a load-aware policy: draft only as far as its budgets have reached
+            cap = self._costs.draft_cap(cap)
         asked = [r for r in batch if r.id in self._drafting]
         if cap == 0 or not asked:
             return [_NO_DRAFT] * len(batch)
@@ -234,7 +240,7 @@ class SpecEngine:
             return [_NO_DRAFT] * len(batch)
         by_id = {}
         for r, block in zip(asked, blocks, strict=True):
-            r.unsent_ids, r.unsent_taps = [], []
+            r.unsent_ids, r.unsent_taps, r.drafter_len = [], [], r.committed_len
             problem = block.error or self._invalid_draft(block)
             if problem is not None:
                 log.warning("drafter refused %s (%s); it continues without drafts", r.id, problem)

@@ -102,6 +102,7 @@ class Request:
     # committed but not yet shown to the drafter (commit is folded into the next propose)
     unsent_ids: list[int] = field(default_factory=list)
     unsent_taps: list[torch.Tensor] = field(default_factory=list)
+    drafter_len: int = 0  # committed_len when the drafter last ran for this request (0: never)
 
     @property
     def committed_len(self) -> int:

@@ -17,56 +17,78 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference: under a load where drafting clearly
-loses, probes soon cost well under 1 % of the rounds. Every decision reads finished rounds only, so a round's drafts
+loses, probes soon take 2 rounds in 66.
+
+Only steady drafting rounds feed the drafting overhead. A round whose drafter also takes in a backlog (a
+new request's prompt, the tokens of rounds decoded without it) costs more than drafting does round
+after round: counting the first drafting round after 256 plain ones as a typical one made drafting look
+slower than plain decoding on the demo model at temperature 1 (predicted 146 vs 149 tokens/s) while a
+fixed budget drafted at 172 vs 157. A probe of drafting therefore lasts `drafting_probe` rounds, the
+first catching up and the rest measured. Every decision reads finished rounds only, so a round's drafts
 never influence whether they are drafted or verified beyond what Algorithm 1 allows: lossless.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from specserve.decoding.budget import sps_at
 
 log = logging.getLogger(__name__)
 
-EMA = 0.1  # weight of the newest round in every moving average, once it has 1/EMA samples
+EMA = 0.1  # weight of the newest round in the moving averages of round costs, once they have 1/EMA samples
+# ...and in those of τ and verified tokens: one round's τ is noisy (std ~1.5 at τ 2.5), and a low estimate left
+# by a few unlucky rounds is not corrected while the engine decodes plainly, so τ averages over more rounds
+TAU_EMA = 1 / 64
 
 
-def _average(previous: float | None, sample: float, count: int) -> float:
-    """The mean of the first 1/EMA samples (`count` includes this one), then an exponential moving average:
+def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
+    """The mean of the first 1/weight samples (`count` includes this one), then an exponential moving average:
     a kind of round that is only probed now and then must not stay pinned near its first sample."""
-    return sample if previous is None else previous + max(EMA, 1.0 / count) * (sample - previous)
+    return sample if previous is None else previous + max(weight, 1.0 / count) * (sample - previous)
 
 
 @dataclass
 class RoundCosts:
     probe_every: int = 8  # rounds of the preferred choice before the other is tried again...
-    max_probe_every: int = 256  # ...doubling, up to this, each time a probe confirms the preference
+    max_probe_every: int = 64  # ...doubling, up to this, each time a probe confirms the preference
+    drafting_probe: int = 2  # rounds a probe of drafting lasts (the first takes in the backlog)
     overhead_drafting: float | None = None  # seconds per round outside the forward, rounds that drafted
     overhead_plain: float | None = None  # the same for rounds without a drafter call
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round
+    longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _rounds: dict = field(default_factory=lambda: {True: 0, False: 0})  # rounds recorded, drafting / plain
+    _overheads: dict = field(default_factory=lambda: {True: 0, False: 0})  # of those, overheads recorded
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
-    _probed: bool = False  # the last round was a probe
+    _probe_left: int = 0  # rounds of the running probe still to come
+    _probed: bool = False  # a probe ended with the last round
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
-               committed: int) -> None:
-        """One finished round: whether it drafted, its wall time, and what it verified and committed."""
+               committed: int, steady: bool = True, longest: int | None = None) -> None:
+        """One finished round: whether it drafted, its wall time, and what it verified and committed
+        (`longest`: the largest budget of one request). `steady` False: the drafter also took in a backlog, so
+        the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
-        overhead = max(0.0, wall_s - 1.0 / sps_at(sps, tokens))
         self._rounds[drafted] += 1
         n = self._rounds[drafted]
         if drafted:
-            self.overhead_drafting = _average(self.overhead_drafting, overhead, n)
-            self.tau = _average(self.tau, committed / requests, n)
-            self.verified = _average(self.verified, (tokens - requests) / requests, n)
-        else:
-            self.overhead_plain = _average(self.overhead_plain, overhead, n)
+            self.tau = _average(self.tau, committed / requests, n, TAU_EMA)
+            self.verified = _average(self.verified, (tokens - requests) / requests, n, TAU_EMA)
+            if longest is not None:
+                self.longest = _average(self.longest, longest, n, TAU_EMA)
+        if steady or not drafted:
+            overhead = max(0.0, wall_s - 1.0 / sps_at(sps, tokens))
+            self._overheads[drafted] += 1
+            if drafted:
+                self.overhead_drafting = _average(self.overhead_drafting, overhead, self._overheads[True])
+            else:
+                self.overhead_plain = _average(self.overhead_plain, overhead, self._overheads[False])
 
     def rates(self, sps: dict[int, float], requests: int) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests`, once both were measured."""
@@ -77,6 +99,15 @@ class RoundCosts:
         plain = requests / (self.overhead_plain + 1.0 / sps_at(sps, requests))
         return drafting, plain
 
+    def draft_cap(self, cap: int) -> int:
+        """Tokens worth drafting per request: two more than the policy's longest budgets of late (so that they
+        can grow), at most `cap`. Under load the scheduler verifies one or two tokens, and the drafter's LM
+        head and sampling of the slots no budget reaches are saved. A cap read from finished rounds drafts a
+        prefix of the same block: lossless."""
+        if self.longest is None:
+            return cap
+        return max(1, min(cap, math.ceil(self.longest) + 2))
+
     def should_draft(self, sps: dict[int, float], requests: int) -> bool:
         """Draft this round? Measures each kind of round once first; then the faster, with probes of the other
         whose interval doubles while they confirm the preference and resets when it changes."""
@@ -84,8 +115,12 @@ class RoundCosts:
             return True  # nothing to compare with: the policy alone decides
         if self.overhead_plain is None:
             return False
-        if self.overhead_drafting is None:
+        if self.overhead_drafting is None or self.tau is None:
             return True
+        if self._probe_left:  # a probe runs its course whatever the estimates say meanwhile
+            self._probe_left -= 1
+            self._probed = self._probe_left == 0
+            return not self._preferred
         drafting, plain = self.rates(sps, requests)
         preferred = drafting >= plain
         if preferred != self._preferred:
@@ -98,7 +133,9 @@ class RoundCosts:
             self._interval = min(2 * self._interval, self.max_probe_every)
         self._preferred, self._probed = preferred, False
         if self._streak >= self._interval:
-            self._streak, self._probed = 0, True
+            self._streak = 0
+            self._probe_left = (1 if preferred else self.drafting_probe) - 1
+            self._probed = self._probe_left == 0
             return not preferred
         self._streak += 1
         return preferred

@@ -41,7 +41,8 @@ def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference(
     feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
     choices = [costs.should_draft(SPS, 32) for _ in range(16)]
     probes = [i for i, c in enumerate(choices) if c]
-    assert probes == [2, 7, 12], "2 plain rounds, a probe, then 4 (doubled, capped) between probes"
+    assert probes == [2, 3, 8, 9, 14, 15], ("2 plain rounds, a two-round probe of drafting (the first catches up), "
+                                            "then 4 plain rounds (doubled, capped) between probes")
     # drafting becomes much cheaper: the preference flips and the interval starts again
     feed(costs, drafting_s=0.004, plain_s=0.020, tau=4.0, verified=3, requests=32, rounds=60)
     choices = [costs.should_draft(SPS, 32) for _ in range(4)]
@@ -50,11 +51,42 @@ def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference(
 
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
     """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
-    mean (3.25), not 10 % of the way from 1."""
+    mean (3.25), not a small step away from 1."""
     costs = RoundCosts()
     for committed in (1, 4, 4, 4):
         costs.record(True, 0.012, SPS, 1, tokens=8, committed=committed)
     assert costs.tau == pytest.approx(3.25)
     for _ in range(20):
         costs.record(True, 0.012, SPS, 1, tokens=8, committed=2)
-    assert 2.0 < costs.tau < 2.3, "after 1/EMA rounds it is a moving average again"
+    assert costs.tau == pytest.approx((1 + 3 * 4 + 20 * 2) / 24), "τ is the plain mean of its first 64 rounds"
+    for _ in range(200):
+        costs.record(True, 0.012, SPS, 1, tokens=8, committed=3)
+    assert 2.9 < costs.tau < 3.0, "then a moving average over about 64 rounds"
+
+
+def test_catching_up_rounds_do_not_price_drafting():
+    """The first drafting round after plain ones also feeds the drafter the rounds it missed: its τ counts, its
+    cost does not (else one long catch-up makes drafting look slower than it is, and it is never chosen)."""
+    costs = RoundCosts()
+    costs.record(True, 0.012, SPS, 1, tokens=8, committed=3)
+    costs.record(True, 0.090, SPS, 1, tokens=8, committed=1, steady=False)  # 256 positions to take in
+    assert costs.overhead_drafting == pytest.approx(0.012 - 1 / 150.0)
+    assert costs.tau == pytest.approx(2.0)
+    costs.record(False, 0.006, SPS, 1, tokens=1, committed=1, steady=False)  # plain rounds are always priced
+    assert costs.overhead_plain == pytest.approx(0.001)
+
+
+def test_drafts_only_as_far_as_budgets_reach():
+    """Under load the scheduler verifies a token or two: the drafter is asked for two more than the longest budgets
+    of late, so the budgets can still grow, and never for more than the policy's cap."""
+    costs = RoundCosts()
+    assert costs.draft_cap(7) == 7, "nothing measured yet: the policy's cap"
+    for _ in range(100):
+        costs.record(True, 0.02, SPS, 8, tokens=16, committed=12, longest=1)
+    assert costs.draft_cap(7) == 3
+    for _ in range(400):
+        costs.record(True, 0.02, SPS, 8, tokens=40, committed=20, longest=7)
+    assert costs.draft_cap(7) == 7 and costs.draft_cap(4) == 4
+    before = costs.longest
+    costs.record(False, 0.01, SPS, 8, tokens=8, committed=8)  # plain rounds say nothing about budgets
+    assert costs.longest == before
