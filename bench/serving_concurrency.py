@@ -4,7 +4,7 @@ The paper's Figure 7 shape (issue 6, "Benchmark"): the real gateway is started a
 and driven over HTTP (`/v1/completions`) by N concurrent streams, N in `--concurrency`. Every stream
 sends `--requests-per-stream` requests (more at low N, so that a level sends at least `--min-requests`)
 one after the other (a closed loop), so about N requests are in flight at every moment. Policies (one
-gateway start each):
+gateway each):
 
   none      no drafter, plain decoding (`--drafter none`)
   fixed2    the drafter, fixed-k with k = 2
@@ -13,7 +13,10 @@ gateway start each):
 
 Modes: `embedded` (`specserve serve`: one process) and `grpc` (`specserve serve-verifier` and
 `specserve serve-drafter` processes on loopback, the gateway as `specserve serve-gateway`). Both modes
-run the same policies on the same prompts in this one run. Threads: the embedded process gets
+run the same policies on the same prompts in this one run. All gateways of a mode run at once (an idle
+one sleeps) and are measured interleaved: every concurrency level runs `--repeats` rounds, each round
+one level per policy in a rotated order, so a drift of the machine's speed hits every policy alike;
+a policy's figures pool its rounds, and the JSON keeps each round's summary. Threads: the embedded process gets
 `--threads` torch threads (default 1, which is also `specserve serve`'s own default on 2 cores:
 usable cores - 1), the gRPC verifier `--verifier-threads` (default 2), the drafter service and the
 gateway of the gRPC mode one each; each mode runs at its best setting on this 2-core machine. In
@@ -44,7 +47,7 @@ at every concurrency; the gRPC split costs ≤ 15 % of embedded aggregate throug
 Writes --out (JSON: command, environment, raw per-request records, summaries, checks) and --plot (PNG:
 per-user tokens/s against aggregate tokens/s, one curve per policy, one panel per mode).
 
-  .venv/bin/python bench/serving_concurrency.py                                  # the committed run (~8 min)
+  .venv/bin/python bench/serving_concurrency.py                                  # the committed run (~18 min)
   .venv/bin/python bench/serving_concurrency.py --concurrency 1 4 --requests-per-stream 1 --max-tokens 16 \\
       --modes embedded --out /tmp/sc.json --plot /tmp/sc.png                                          # smoke
 """
@@ -92,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--requests-per-stream", type=int, default=2, help="requests each stream sends in turn...")
     p.add_argument("--min-requests", type=int, default=8, help="...raised at low concurrency to send at least this "
                                                                "many requests per level")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="rounds per concurrency level; each round runs every policy once, interleaved")
     p.add_argument("--max-tokens", type=int, default=96, help="max_tokens of every request")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature (1.0: the API's default, and the one the demo draft's STS calibration "
@@ -252,32 +257,44 @@ def summarize(wall: float, records: list[Record]) -> dict:
 
 # ---- configurations -------------------------------------------------------------------------------
 
-def measure_gateway(url: str, model: str, prompts: list[str], args, label: str, bar: tqdm) -> dict:
-    asyncio.run(run_level(url, model, prompts, args, 1))  # warm-up: first-call costs stay out of the timings
-    levels = {}
+def measure_gateways(urls: dict[str, str], model: str, prompts: list[str], args, mode: str, bar: tqdm) -> dict:
+    """Every level of every policy, the policies interleaved: for each concurrency, `--repeats` rounds that
+    each run every policy once (in a rotated order), so slow drifts of the machine hit all policies alike.
+    A policy's level pools the records and wall times of its repeats."""
+    for url in urls.values():
+        asyncio.run(run_level(url, model, prompts, args, 1))  # warm-up: first-call costs stay out of the timings
+    results: dict = {policy: {} for policy in urls}
+    order = list(urls)
     for n in args.concurrency:
-        wall, records = asyncio.run(run_level(url, model, prompts, args, n))
-        levels[n] = {"summary": summarize(wall, records), "records": [asdict(r) for r in records]}
-        s = levels[n]["summary"]
-        log.info("%s c=%d: %.1f tok/s aggregate, %.1f tok/s per user, %d tokens in %.1fs", label, n,
-                 s["aggregate_tps"], s["per_user_tps"], s["tokens"], wall)
-        bar.update(1)
-    return levels
+        runs: dict[str, list] = {policy: [] for policy in urls}
+        for repeat in range(args.repeats):
+            for policy in order[repeat % len(order):] + order[: repeat % len(order)]:
+                wall, records = asyncio.run(run_level(urls[policy], model, prompts, args, n))
+                runs[policy].append((wall, records))
+                s = summarize(wall, records)
+                log.info("%s/%s c=%d (repeat %d): %.1f tok/s aggregate, %.1f tok/s per user, %d tokens in %.1fs",
+                         mode, policy, n, repeat + 1, s["aggregate_tps"], s["per_user_tps"], s["tokens"], wall)
+                bar.update(1)
+        for policy, done in runs.items():
+            records = [r for _, rs in done for r in rs]
+            results[policy][n] = {"summary": summarize(sum(w for w, _ in done), records),
+                                  "repeats": [summarize(w, rs) for w, rs in done],
+                                  "records": [{**asdict(r), "repeat": i} for i, (_, rs) in enumerate(done) for r in rs]}
+    return results
 
 
 def run_embedded(args, services: Services, prompts: list[str], bar: tqdm) -> dict:
-    results = {}
-    for policy in args.policies:
+    urls = {}
+    for policy in args.policies:  # all gateways up at once (idle ones sleep), measured interleaved
         port = free_port()
         drafter = "none" if policy == "none" else args.drafter
-        proc = services.start(f"serve-{policy}", args.threads, "serve", "--port", str(port), "--target", args.target,
-                              "--threads", str(args.threads), "--drafter", drafter, "--max-batch", str(args.max_batch),
-                              "--max-waiting", str(2 * args.max_batch), *policy_flags(policy))
-        url = f"http://127.0.0.1:{port}"
+        services.start(f"serve-{policy}", args.threads, "serve", "--port", str(port), "--target", args.target,
+                       "--threads", str(args.threads), "--drafter", drafter, "--max-batch", str(args.max_batch),
+                       "--max-waiting", str(2 * args.max_batch), *policy_flags(policy))
+        urls[policy] = f"http://127.0.0.1:{port}"
+    for url in urls.values():
         wait_http_ready(services, url, args.startup_timeout)
-        results[policy] = measure_gateway(url, args.target, prompts, args, f"embedded/{policy}", bar)
-        services.stop(proc)
-    return results
+    return measure_gateways(urls, args.target, prompts, args, "embedded", bar)
 
 
 def run_grpc(args, services: Services, prompts: list[str], taps: list[int], bar: tqdm) -> dict:
@@ -289,18 +306,17 @@ def run_grpc(args, services: Services, prompts: list[str], taps: list[int], bar:
                    args.drafter, "--target", args.target, "--threads", "1")
     wait_grpc_ready(services, f"127.0.0.1:{v_port}", args.startup_timeout)
     wait_grpc_ready(services, f"127.0.0.1:{d_port}", args.startup_timeout)
-    results = {}
-    for policy in args.policies:
+    urls = {}
+    for policy in args.policies:  # one gateway per policy, all on the same verifier and drafter services
         port = free_port()
         drafter = [] if policy == "none" else ["--drafter-url", f"127.0.0.1:{d_port}"]
-        proc = services.start(f"gateway-{policy}", 1, "serve-gateway", "--port", str(port), "--target", args.target,
-                              "--verifier-urls", f"127.0.0.1:{v_port}", *drafter, "--max-batch",
-                              str(args.max_batch), "--max-waiting", str(2 * args.max_batch), *policy_flags(policy))
-        url = f"http://127.0.0.1:{port}"
+        services.start(f"gateway-{policy}", 1, "serve-gateway", "--port", str(port), "--target", args.target,
+                       "--verifier-urls", f"127.0.0.1:{v_port}", *drafter, "--max-batch",
+                       str(args.max_batch), "--max-waiting", str(2 * args.max_batch), *policy_flags(policy))
+        urls[policy] = f"http://127.0.0.1:{port}"
+    for url in urls.values():
         wait_http_ready(services, url, args.startup_timeout)
-        results[policy] = measure_gateway(url, args.target, prompts, args, f"grpc/{policy}", bar)
-        services.stop(proc)
-    return results
+    return measure_gateways(urls, args.target, prompts, args, "grpc", bar)
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -312,15 +328,17 @@ def checks(results: dict, args) -> dict:
     out = {}
     for mode, by_policy in results.items():
         if {"fixed2", "fixedγ", "prefix"} <= by_policy.keys():
-            worst = min(value(mode, "prefix", n, "aggregate_tps")
-                        / max(value(mode, p, n, "aggregate_tps") for p in ("fixed2", "fixedγ"))
-                        for n in args.concurrency)
-            out[f"{mode}: prefix / best fixed-k aggregate, worst level >= 0.95"] = {"value": worst,
-                                                                                   "met": worst >= 0.95}
+            ratios = {n: value(mode, "prefix", n, "aggregate_tps")
+                      / max(value(mode, p, n, "aggregate_tps") for p in ("fixed2", "fixedγ")) for n in args.concurrency}
+            worst = min(ratios.values())
+            out[f"{mode}: prefix / best fixed-k aggregate, worst level >= 0.95"] = {
+                "value": worst, "met": worst >= 0.95, "levels": ratios}
         if {"none", "prefix"} <= by_policy.keys():
-            worst = min(value(mode, "prefix", n, "per_user_tps") / value(mode, "none", n, "per_user_tps")
-                        for n in args.concurrency)
-            out[f"{mode}: prefix / no speculation per user, worst level > 1"] = {"value": worst, "met": worst > 1.0}
+            ratios = {n: value(mode, "prefix", n, "per_user_tps") / value(mode, "none", n, "per_user_tps")
+                      for n in args.concurrency}
+            worst = min(ratios.values())
+            out[f"{mode}: prefix / no speculation per user, worst level > 1"] = {
+                "value": worst, "met": worst > 1.0, "levels": ratios}
     if {"embedded", "grpc"} <= results.keys() and 8 in args.concurrency and "prefix" in args.policies:
         ratio = value("grpc", "prefix", 8, "aggregate_tps") / value("embedded", "prefix", 8, "aggregate_tps")
         out["grpc / embedded aggregate at c=8 (prefix) >= 0.85"] = {"value": ratio, "met": ratio >= 0.85}
@@ -337,7 +355,8 @@ def text_mismatches(results: dict) -> dict:
                 for r in level["records"]:
                     key = (n, r["prompt"])
                     if seen.setdefault(key, r["text_sha"]) != r["text_sha"]:
-                        mismatches.append({"mode": mode, "policy": policy, "concurrency": n, "prompt": r["prompt"]})
+                        mismatches.append({"mode": mode, "policy": policy, "concurrency": n, "prompt": r["prompt"],
+                                           "repeat": r.get("repeat", 0)})
     return {"compared": len(seen), "mismatches": mismatches}
 
 
@@ -378,6 +397,9 @@ def plot(results: dict, args, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.repeats < 1:
+        print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     prompts = [json.loads(line)["turns"][0] for line in Path(args.prompts).read_text().splitlines() if line.strip()]
@@ -385,7 +407,7 @@ def main(argv=None) -> int:
         if args.drafter.partition(":")[2] else []
     start = time.perf_counter()
     results: dict = {}
-    levels = len(args.concurrency) * len(args.policies) * len(args.modes)
+    levels = len(args.concurrency) * len(args.policies) * len(args.modes) * args.repeats
     with tempfile.TemporaryDirectory(prefix="specserve-bench-") as tmp, logging_redirect_tqdm(), \
             tqdm(total=levels, desc="levels", unit="level") as bar:
         services = Services(Path(tmp))

@@ -178,7 +178,8 @@ class SpecEngine:
         drafting = load is None or self._costs.should_draft(load.sps, len(batch))
         # positions the drafter must take in before it drafts (prompts, rounds decoded without it); a round
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
-        backlog = sum(r.committed_len - r.drafter_len for r in batch if r.id in self._drafting)
+        fed = [r for r in batch if r.id in self._drafting]
+        backlog = sum(r.committed_len - r.drafter_len for r in fed)
         blocks = self._propose(batch) if drafting else [_NO_DRAFT] * len(batch)
         drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
@@ -213,10 +214,10 @@ class SpecEngine:
         if load is not None:
             self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
-                               steady=backlog <= len(batch) * (self.policy.max_draft + 1), longest=max(budgets))
+                               steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets))
 
     def _load(self) -> LoadReport:
-        """The verifier's load, with the per-round overhead this engine measured on rounds that drafted."""
+        """The verifier's load, with the per-round overhead this engine measured on steady drafting rounds."""
         return dataclasses.replace(self.verifier.load(), round_overhead_s=self._costs.overhead_drafting or 0.0)
 
     def _propose(self, batch: list[Request]) -> list[DraftBlock]:

@@ -68,6 +68,11 @@ class RoundCosts:
     _probe_left: int = 0  # rounds of the running probe still to come
     _probed: bool = False  # a probe ended with the last round
 
+    def __post_init__(self):
+        if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
+            raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
+                             f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
+
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
@@ -80,8 +85,8 @@ class RoundCosts:
         if drafted:
             self.tau = _average(self.tau, committed / requests, n, TAU_EMA)
             self.verified = _average(self.verified, (tokens - requests) / requests, n, TAU_EMA)
-            if longest is not None:
-                self.longest = _average(self.longest, longest, n, TAU_EMA)
+            if longest is not None:  # a short average: a cap that binds must lift again within rounds
+                self.longest = _average(self.longest, longest, n)
         if steady or not drafted:
             overhead = max(0.0, wall_s - 1.0 / sps_at(sps, tokens))
             self._overheads[drafted] += 1
@@ -104,20 +109,21 @@ class RoundCosts:
         can grow), at most `cap`. Under load the scheduler verifies one or two tokens, and the drafter's LM
         head and sampling of the slots no budget reaches are saved. A cap read from finished rounds drafts a
         prefix of the same block: lossless."""
-        if self.longest is None:
+        if self.longest is None or cap <= 0:
             return cap
         return max(1, min(cap, math.ceil(self.longest) + 2))
 
     def should_draft(self, sps: dict[int, float], requests: int) -> bool:
-        """Draft this round? Measures each kind of round once first; then the faster, with probes of the other
-        whose interval doubles while they confirm the preference and resets when it changes."""
+        """Draft this round? Measures a plain round first, then drafts until a steady drafting round is measured;
+        then the faster, with probes of the other whose interval doubles while they confirm the preference and
+        resets when it changes."""
         if not sps:
             return True  # nothing to compare with: the policy alone decides
         if self.overhead_plain is None:
             return False
         if self.overhead_drafting is None or self.tau is None:
             return True
-        if self._probe_left:  # a probe runs its course whatever the estimates say meanwhile
+        if self._probe_left > 0:  # a probe runs its course whatever the estimates say meanwhile
             self._probe_left -= 1
             self._probed = self._probe_left == 0
             return not self._preferred

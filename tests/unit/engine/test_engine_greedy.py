@@ -100,3 +100,35 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     assert [r.output_ids for r in requests] == refs
     assert engine._load().round_overhead_s > 0.0
     assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
+
+
+def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
+    """With the prefix scheduler the engine (1) does not price drafting from rounds in which the drafter takes in a
+    backlog (the prompts; rounds decoded without it), and (2) asks the drafter for at most two tokens beyond the
+    longest recent budgets, read before the round; the output stays the target's greedy decoding."""
+    from specserve.decoding.budget import PrefixScheduler
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    drafter = NgramDrafter(max_block=6)
+    sps = {5: 1000.0, 6: 20.0, 64: 10.0}  # one draft token more per forward costs 50x: budgets stay short
+    engine = SpecEngine(LocalVerifier(CausalLM(model), sps=sps), drafter, PrefixScheduler(max_block=6), max_batch=8)
+    asked, recorded = [], []
+    propose, record = drafter.propose, engine._costs.record
+
+    def spy_propose(batch):
+        asked.append((engine._costs.draft_cap(6), [item.max_tokens for item in batch]))
+        return propose(batch)
+
+    def spy_record(drafted, *args, **kw):
+        recorded.append((drafted, kw["steady"]))
+        return record(drafted, *args, **kw)
+
+    drafter.propose, engine._costs.record = spy_propose, spy_record
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == refs
+    assert all(max(tokens) <= cap for cap, tokens in asked)
+    assert asked[0][0] == 6 and any(cap < 6 for cap, _ in asked), "the cap starts open and then binds"
+    drafting = [steady for drafted, steady in recorded if drafted]
+    assert drafting[0] is False, "the first drafting round takes in every prompt"
+    assert True in drafting, "later drafting rounds are steady and priced"

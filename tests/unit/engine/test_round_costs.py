@@ -87,6 +87,14 @@ def test_drafts_only_as_far_as_budgets_reach():
     for _ in range(400):
         costs.record(True, 0.02, SPS, 8, tokens=40, committed=20, longest=7)
     assert costs.draft_cap(7) == 7 and costs.draft_cap(4) == 4
+    assert costs.draft_cap(0) == 0, "a drafter that drafts nothing is never asked for a token"
     before = costs.longest
     costs.record(False, 0.01, SPS, 8, tokens=8, committed=8)  # plain rounds say nothing about budgets
     assert costs.longest == before
+
+
+def test_probe_settings_are_checked():
+    with pytest.raises(ValueError, match="drafting_probe"):
+        RoundCosts(drafting_probe=0)
+    with pytest.raises(ValueError, match="probe_every"):
+        RoundCosts(probe_every=16, max_probe_every=8)
