@@ -13,6 +13,7 @@ the whole bundle stays under 40 MB. `build.json` next to each draft records the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import random
@@ -107,7 +108,11 @@ def regenerate(target: CausalLM, prompts: Path, out: Path, recipe: DraftsRecipe)
     for i, ((temperature, top_p, top_k), part) in enumerate(zip(recipe.sampling, parts, strict=True)):
         config = RegenConfig(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=recipe.max_new_tokens,
                              seed=recipe.seed + i)
-        summary = Regenerator(engine, target.tokenizer, config).run(rows[i::n], str(part), {"recipe": "demo-drafts"})
+        share = rows[i::n]  # the identity names these prompts: a resume with other prompts is refused
+        text = json.dumps([[(m.role, m.content) for m in r.messages] for r in share])
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        summary = Regenerator(engine, target.tokenizer, config).run(share, str(part),
+                                                                    {"recipe": "demo-drafts", "prompts": digest})
         log.info("regenerated %d rows (%d tokens) at temperature %g, top-p %g, top-k %d in %.0fs",
                  summary.rows_written, summary.completion_tokens, temperature, top_p, top_k, summary.seconds)
     answered = [[line for line in part.read_text().splitlines() if line.strip()] for part in parts]
@@ -150,8 +155,7 @@ def build_drafts(target_dir: Path, out_dir: Path, work_dir: Path, recipe: Drafts
     target = CausalLM.from_pretrained(str(target_dir))
     prompts, data = work_dir / "prompts.jsonl", work_dir / "regenerated.jsonl"
     t0 = time.perf_counter()
-    if not prompts.exists():
-        build_prompts(prompts, recipe)
+    build_prompts(prompts, recipe)  # seeded, so a resumed run rebuilds the same file (a changed recipe: another)
     regenerate(target, prompts, data, recipe)
     regen_seconds = time.perf_counter() - t0
     mask_id = target.tokenizer.convert_tokens_to_ids("<|mask|>")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from specserve.data.errors import ResumeMismatchError
 from specserve.data.ordered_output import progress_path
 from specserve.data.prompts import read_prompts
 from specserve.data.regenerate import RegenConfig, Regenerator, row_seed
@@ -178,3 +179,7 @@ def test_demo_recipe_mixes_samplings_in_prompt_order(target, tmp_path):
     assert [r["conversations"] for r in greedy] == [r["conversations"] for r in parts[0]]
     regenerate_mixed(target, prompts, out, recipe)  # a rerun finds both parts complete and rewrites the same file
     assert [json.loads(x) for x in out.read_text().splitlines()] == merged
+    lines = prompts.read_text().splitlines()
+    prompts.write_text("\n".join([json.dumps({"turns": ["another prompt"]}), *lines[1:]]) + "\n")
+    with pytest.raises(ResumeMismatchError):  # the parts were answered for other prompts
+        regenerate_mixed(target, prompts, out, recipe)
