@@ -60,8 +60,8 @@ class RoundCosts:
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
-    _rounds: dict = field(default_factory=lambda: {True: 0, False: 0})  # rounds recorded, drafting / plain
-    _overheads: dict = field(default_factory=lambda: {True: 0, False: 0})  # of those, overheads recorded
+    _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
+    _overheads: dict = field(default_factory=lambda: {True: 0, False: 0})  # overheads recorded, drafting / plain
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
@@ -80,9 +80,9 @@ class RoundCosts:
         the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
-        self._rounds[drafted] += 1
-        n = self._rounds[drafted]
         if drafted:
+            self._drafting_rounds += 1
+            n = self._drafting_rounds
             self.tau = _average(self.tau, committed / requests, n, TAU_EMA)
             self.verified = _average(self.verified, (tokens - requests) / requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
