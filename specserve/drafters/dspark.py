@@ -13,7 +13,7 @@ loss) and `draft_block` (one inference round for a batch of sessions, each with 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -165,18 +165,30 @@ class DSparkModel(nn.Module):
 
     @torch.no_grad()
     def draft_block(self, inputs: list[BlockInput], num_tokens: int | None = None,
-                    sampler: Sampler = greedy_sampler) -> BlockOutput:
+                    sampler: Sampler = greedy_sampler, block_lens: Sequence[int] | None = None) -> BlockOutput:
         """One drafting round for a batch of sessions.
 
         Each session's new taps are appended to its context cache in the same forward that drafts its
         block; the block K/V are staged but never committed. Slots are then sampled left to right
         through the sequential head (each sampled id feeds the next slot), `num_tokens` of them (all γ
-        by default); the backbone always runs the full block, as in training.
+        by default).
+
+        `block_lens[i]` is how many block slots session i's backbone pass has: γ by default, as in training
+        and in DeepSpec's rollout. A shorter block (the slots a round drafts) costs less; its drafts differ
+        slightly, since its slots attend to fewer mask slots after them, and q stays exactly what each id was
+        sampled from (lossless). The batch runs max(block_lens) slots, each session's queries seeing only its
+        own first block_lens[i] keys, so a session drafts the same whatever its batch mates; read its first
+        block_lens[i] drafts only (the slots past them are drafted too, from a block they do not belong to).
         """
-        cfg, gamma = self.cfg, self.cfg.block_size
-        k = gamma if num_tokens is None else num_tokens
-        if not 0 <= k <= gamma:
-            raise ValueError(f"num_tokens must be in [0, {gamma}], got {k}")
+        cfg = self.cfg
+        k = cfg.block_size if num_tokens is None else num_tokens
+        if not 0 <= k <= cfg.block_size:
+            raise ValueError(f"num_tokens must be in [0, {cfg.block_size}], got {k}")
+        lens = [cfg.block_size] * len(inputs) if block_lens is None else list(block_lens)
+        if len(lens) != len(inputs) or not all(1 <= n <= cfg.block_size for n in lens) or k > max(lens, default=k):
+            raise ValueError(f"block_lens must give each of the {len(inputs)} sessions 1 to {cfg.block_size} slots, "
+                             f"at least num_tokens={k} for one, got {block_lens}")
+        gamma = max(lens, default=cfg.block_size)
         device = self.fc.weight.device
         caches = [item.cache for item in inputs]
         n_new = [int(item.new_taps.shape[0]) for item in inputs]
@@ -193,8 +205,9 @@ class DSparkModel(nn.Module):
         block_ids[:, 0] = anchors
 
         def join(layer, k_ctx, v_ctx, k_blk, v_blk):
-            ks = [torch.cat([k_ctx[i, :, :n], k_blk[i]], dim=1) for i, n in enumerate(n_new)]
-            vs = [torch.cat([v_ctx[i, :, :n], v_blk[i]], dim=1) for i, n in enumerate(n_new)]
+            rows = list(enumerate(zip(n_new, lens, strict=True)))  # (context taps, block slots) per session
+            ks = [torch.cat([k_ctx[i, :, :n], k_blk[i, :, :m]], dim=1) for i, (n, m) in rows]
+            vs = [torch.cat([v_ctx[i, :, :n], v_blk[i, :, :m]], dim=1) for i, (n, m) in rows]
             keys, values, valid = stage_batch(caches, layer, ks, vs)
             return keys, values, None if valid is None else valid[:, None, None, :]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -130,6 +131,70 @@ def test_sampled_q_is_the_teacher_forced_distribution_of_the_sampled_prefix(vari
     assert max_error(out.q, expected) < TOLERANCE
     assert max_error(out.confidence_logits, expected_conf) < TOLERANCE
     assert bool((out.q.gather(-1, out.ids[..., None]) > 0).all()), "every draft has positive probability under q"
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_trimmed_block_is_the_block_of_a_shorter_draft(k):
+    """block_len=k runs the first k slots only: exactly what the same weights with block_size k draft, sampled q
+    and confidences included, and the context cache grows as with the full block."""
+    model = reference_model("dspark_rnn")
+    short = copy.deepcopy(model)
+    short.cfg = dataclasses.replace(model.cfg, block_size=k)
+    inputs = tensors("inputs.safetensors")
+    params = SamplingParams(temperature=0.9, top_p=0.9, seed=3)
+    requests = [DraftRequest(f"s{i}", [], 1, k, params, position=i) for i in range(2)]
+    sessions = [(inputs["target_hidden_states"][0, :25], int(inputs["input_ids"][0, 25])),
+                (inputs["target_hidden_states"][1, :18], int(inputs["input_ids"][1, 18]))]
+    caches = [DraftKVCache(2) for _ in sessions]
+    got = model.draft_block([BlockInput(c, t, a) for c, (t, a) in zip(caches, sessions, strict=True)], k,
+                            BatchSampler(requests, k), block_lens=[k, k])
+    want = short.draft_block([BlockInput(DraftKVCache(2), t, a) for t, a in sessions], k, BatchSampler(requests, k))
+    full = model.draft_block([BlockInput(DraftKVCache(2), t, a) for t, a in sessions], k, BatchSampler(requests, k))
+    assert got.hidden.shape[1] == k and full.hidden.shape[1] == model.cfg.block_size
+    assert torch.equal(got.ids, want.ids)
+    assert max_error(got.q, want.q) < TOLERANCE
+    assert max_error(got.confidence_logits, want.confidence_logits) < TOLERANCE
+    assert max_error(got.hidden, full.hidden[:, :k]) > 1e-4, "the mask slots after a slot do shape it"
+    assert [c.length for c in caches] == [25, 18]
+    for bad in ([0], [k - 1], [model.cfg.block_size + 1], [k, k]):
+        if bad != [k - 1] or k > 1:
+            with pytest.raises(ValueError, match="block_lens"):
+                model.draft_block([BlockInput(DraftKVCache(2), *sessions[0])], k, block_lens=bad)
+
+
+def test_sessions_of_one_batch_trim_their_own_blocks():
+    """Session i's keys stop at its own block_lens[i]: a ragged batch drafts what each session drafts alone."""
+    model = reference_model("dspark_markov_gated")
+    inputs = tensors("inputs.safetensors")
+    sessions = [(inputs["target_hidden_states"][0, :25], int(inputs["input_ids"][0, 25]), 1),
+                (inputs["target_hidden_states"][1, :18], int(inputs["input_ids"][1, 18]), 4),
+                (inputs["target_hidden_states"][1, :30], int(inputs["input_ids"][1, 30]), 2)]
+    batch = model.draft_block([BlockInput(DraftKVCache(2), t, a) for t, a, _ in sessions], 4,
+                              block_lens=[n for *_, n in sessions])
+    for row, (t, a, n) in enumerate(sessions):
+        alone = model.draft_block([BlockInput(DraftKVCache(2), t, a)], n, block_lens=[n])
+        assert batch.ids[row, :n].tolist() == alone.ids[0].tolist()
+        assert max_error(batch.hidden[row, :n], alone.hidden[0]) < TOLERANCE
+        assert max_error(batch.confidence_logits[row, :n], alone.confidence_logits[0]) < TOLERANCE
+
+
+@pytest.mark.parametrize("variant, trims", [("dspark_rnn", True), ("dspark_markov_vanilla", True), ("dflash", False)])
+def test_the_drafter_trims_the_block_of_drafts_with_a_sequential_head(variant, trims):
+    """A DSpark round drafting 2 tokens runs 2 slots; DFlash (no sequential head) keeps the full block unless asked."""
+    model = reference_model(variant)
+    inputs = tensors("inputs.safetensors")
+    taps, ids = inputs["target_hidden_states"][0, :21], inputs["input_ids"][0, :22].tolist()
+
+    def drafts(drafter):
+        drafter.open("s", ids, taps)
+        return drafter.propose([DraftRequest("s", [], len(ids), 2, SamplingParams(), position=0)])[0].ids
+
+    assert DSparkDrafter(model).full_block is not trims
+    expected = model.draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2,
+                                 block_lens=[2] if trims else None)
+    assert drafts(DSparkDrafter(model)) == expected.ids[0].tolist()
+    full = model.draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2)
+    assert drafts(DSparkDrafter(model, full_block=True)) == full.ids[0].tolist()
 
 
 def test_the_sampling_layout_keeps_the_weights_and_the_drafts():
