@@ -7,7 +7,6 @@ rounds. Any thread may add or abort requests: those calls only enqueue, and `ste
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import queue
 import secrets
@@ -186,6 +185,7 @@ class SpecEngine:
         budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
                                position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
+        verify_start = time.perf_counter()
         try:
             results = self.verifier.verify(items)
         except Exception as exc:
@@ -193,6 +193,7 @@ class SpecEngine:
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
             return
+        verify_s = time.perf_counter() - verify_start
         for observer in self.verify_observers:
             try:
                 observer(items, results)
@@ -214,11 +215,12 @@ class SpecEngine:
         if load is not None:
             self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
-                               steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets))
+                               steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
+                               verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets))
 
     def _load(self) -> LoadReport:
-        """The verifier's load, with the per-round overhead this engine measured on steady drafting rounds."""
-        return dataclasses.replace(self.verifier.load(), round_overhead_s=self._costs.overhead_drafting or 0.0)
+        """The verifier's load, priced with the round costs this engine measured (RoundCosts.priced)."""
+        return self._costs.priced(self.verifier.load())
 
     def _propose(self, batch: list[Request]) -> list[DraftBlock]:
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0

@@ -3,21 +3,28 @@
 The prefix scheduler (decoding/budget.py) decides how many drafted tokens to verify, but the drafter has
 already run by then: when drafting plus verification yields fewer tokens per second than plain decoding
 (a high load, a weak draft, a small model on a CPU), the best budget still loses to not drafting at all.
-`RoundCosts` keeps moving averages of
+`RoundCosts` measures
 
-- the time a round spends outside the target forward (wall time − 1/SPS(tokens verified)), separately
-  for rounds that drafted and plain rounds (no drafter call),
-- the tokens a request commits and the draft tokens it verifies per drafting round,
+- how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
+  rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
+  forward; c0 a fixed cost per call, such as an RPC),
+- the rest of a round (drafting, scheduling), separately for rounds that drafted and plain rounds,
+- the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
+  ragged verify counting PADDING_COST of a token,
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
-    drafting:  R·τ / (overhead_drafting + 1/SPS(R·(1 + verified)))
-    plain:     R / (overhead_plain + 1/SPS(R))
+    drafting:  R·τ / (overhead_drafting + c0 + m/SPS(R·(1 + verified)))
+    plain:     R / (overhead_plain + c0 + m/SPS(R))
 
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference: under a load where drafting clearly
-loses, probes soon take 2 rounds in 66.
+loses, probes soon take 2 rounds in 66. The same model prices the budgets of the round (`priced`):
+Algorithm 1 sees the measured cost of a verified token, not the bare forward's. Taking the whole gap
+between a round and its profiled forward as fixed overhead (as before) made every extra token look cheap:
+on the demo at 4 requests the scheduler verified 3.5 ragged tokens per request where 2 uniform ones
+(fixed-2) were 8 % faster.
 
 Only steady drafting rounds feed the drafting overhead. A round whose drafter also takes in a backlog (a
 new request's prompt, the tokens of rounds decoded without it) costs more than drafting does round
@@ -30,11 +37,12 @@ never influence whether they are drafted or verified beyond what Algorithm 1 all
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 
-from specserve.decoding.budget import sps_at
+from specserve.decoding.budget import LoadReport, sps_at
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,11 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 # ...and in those of τ and verified tokens: one round's τ is noisy (std ~1.5 at τ 2.5), and a low estimate left
 # by a few unlucky rounds is not corrected while the engine decodes plainly, so τ averages over more rounds
 TAU_EMA = 1 / 64
+# a padded slot of a ragged verify, in verified tokens: the linears skip it (specserve.cpu_linear), attention and
+# the sampler do not. Demo target, 4 requests verifying 16 tokens: 11.1 ms as 4+4+4+4, 12.2 ms as 5+4+4+3
+# (padded to 20), 12.7 ms as 7+5+3+1 (padded to 28); the profiled forward is 10.4 ms for 16 tokens, 13.5 for 28
+PADDING_COST = 0.5
+FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -60,6 +73,8 @@ class RoundCosts:
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
+    # decayed sums 1, x, y, x², xy over rounds, y the verify's seconds, x = 1/SPS(effective tokens)
+    verify_fit: list = field(default_factory=lambda: [0.0] * 5)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
     _overheads: dict = field(default_factory=lambda: {True: 0, False: 0})  # overheads recorded, drafting / plain
     _preferred: bool | None = None  # the choice the estimates favoured last round
@@ -73,22 +88,41 @@ class RoundCosts:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
 
+    def verify_model(self) -> tuple[float, float]:
+        """(c0, m): a verify takes c0 + m / SPS(effective tokens) seconds, fitted over recent rounds (m = 1 until
+        the rounds vary enough to tell a slope)."""
+        n, sx, sy, sxx, sxy = self.verify_fit
+        if n == 0:
+            return 0.0, 1.0
+        mx, my = sx / n, sy / n
+        var = sxx / n - mx * mx
+        slope = 1.0 if var <= (0.1 * mx) ** 2 else min(4.0, max(0.5, (sxy / n - mx * my) / var))
+        return my - slope * mx, slope
+
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
-               committed: int, steady: bool = True, longest: int | None = None) -> None:
+               committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
+               padded: int = 0) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
-        (`longest`: the largest budget of one request). `steady` False: the drafter also took in a backlog, so
-        the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
+        (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
+        profiled forward; `padded`: padding slots of the verify). `steady` False: the drafter also took in a
+        backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
+        effective = tokens + PADDING_COST * padded
+        forward = 1.0 / sps_at(sps, effective)
+        if verify_s is not None:
+            decay = 1.0 - FIT_EMA
+            sample = (1.0, forward, verify_s, forward * forward, forward * verify_s)
+            self.verify_fit = [decay * a + b for a, b in zip(self.verify_fit, sample, strict=True)]
         if drafted:
             self._drafting_rounds += 1
             n = self._drafting_rounds
             self.tau = _average(self.tau, committed / requests, n, TAU_EMA)
-            self.verified = _average(self.verified, (tokens - requests) / requests, n, TAU_EMA)
+            self.verified = _average(self.verified, (effective - requests) / requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
         if steady or not drafted:
-            overhead = max(0.0, wall_s - 1.0 / sps_at(sps, tokens))
+            overhead = max(0.0, wall_s - (forward if verify_s is None else verify_s))
             self._overheads[drafted] += 1
             if drafted:
                 self.overhead_drafting = _average(self.overhead_drafting, overhead, self._overheads[True])
@@ -99,10 +133,22 @@ class RoundCosts:
         """(drafting, plain) committed tokens per second predicted for `requests`, once both were measured."""
         if None in (self.overhead_drafting, self.overhead_plain, self.tau) or not sps or requests == 0:
             return None
-        tokens = round(requests * (1 + self.verified))
-        drafting = requests * self.tau / (self.overhead_drafting + 1.0 / sps_at(sps, tokens))
-        plain = requests / (self.overhead_plain + 1.0 / sps_at(sps, requests))
+        c0, m = self.verify_model()
+        verified = requests * (1 + self.verified)
+        drafting = requests * self.tau / self._round_s(self.overhead_drafting, c0, m, sps, verified)
+        plain = requests / self._round_s(self.overhead_plain, c0, m, sps, requests)
         return drafting, plain
+
+    @staticmethod
+    def _round_s(overhead: float, c0: float, m: float, sps: dict[int, float], tokens: float) -> float:
+        return max(1e-6, overhead + c0 + m / sps_at(sps, tokens))
+
+    def priced(self, load: LoadReport) -> LoadReport:
+        """The verifier's load with this engine's measured costs, for the budget policy: the overhead of a steady
+        drafting round plus the fixed part of a verify, the verify's cost per profiled forward, the padding's."""
+        c0, m = self.verify_model()
+        return dataclasses.replace(load, round_overhead_s=max(0.0, (self.overhead_drafting or 0.0) + c0),
+                                   verify_scale=m, padding_cost=PADDING_COST)
 
     def draft_cap(self, cap: int) -> int:
         """Tokens worth drafting per request: two more than the policy's longest budgets of late (so that they

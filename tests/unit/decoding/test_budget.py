@@ -82,3 +82,15 @@ def test_prefix_scheduler_early_stop_is_lossless_and_its_absence_is_not():
 
 def test_survival_is_cumulative_product():
     assert survival(torch.tensor([0.5, 0.5, 1.0])) == pytest.approx([0.5, 0.25, 0.25])
+
+
+def test_prefix_scheduler_prices_the_padding_of_a_ragged_verify():
+    """One request with a long confident draft and seven with weak ones: verifying 4 tokens of the first pays when
+    only real tokens cost, not when the 7 other rows are padded to its width and padding costs like a token."""
+    sps = {8: 100.0, 16: 80.0, 32: 50.0, 64: 30.0}
+    confidences = [torch.full((4,), 0.95)] + [torch.tensor([0.1])] * 7
+    policy = PrefixScheduler(max_block=4)
+    assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps)) == [4] + [0] * 7
+    assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps, padding_cost=1.0)) == [0] * 8
+    scaled = LoadReport(sps=sps, round_overhead_s=0.01, verify_scale=2.0)
+    assert scaled.round_rate(8) == pytest.approx(1 / (0.01 + 2.0 / 100.0))

@@ -9,6 +9,7 @@ from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.draft_lm import DraftModelDrafter
 from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.engine import SpecEngine
+from specserve.engine.round_costs import PADDING_COST
 from specserve.engine.verifier import LocalVerifier
 from specserve.target.model import CausalLM
 from tiny_models import tiny_model
@@ -98,7 +99,8 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     assert engine._load().round_overhead_s == 0.0, "nothing is measured before the first round"
     requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
     assert [r.output_ids for r in requests] == refs
-    assert engine._load().round_overhead_s > 0.0
+    load = engine._load()
+    assert load.round_overhead_s > 0.0 and load.verify_scale > 0.0 and load.padding_cost == PADDING_COST
     assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from specserve.engine.round_costs import RoundCosts
+from specserve.decoding.budget import sps_at
+from specserve.engine.round_costs import PADDING_COST, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
@@ -91,6 +92,40 @@ def test_drafts_only_as_far_as_budgets_reach():
     before = costs.longest
     costs.record(False, 0.01, SPS, 8, tokens=8, committed=8)  # plain rounds say nothing about budgets
     assert costs.longest == before
+
+
+def test_verify_time_is_fitted_and_the_rest_of_a_round_is_overhead():
+    """Verification here takes 2 ms + 1.5x the profiled forward (sampling, padding, transport); the rest of a round
+    (drafting, scheduling) is overhead. The fit recovers both, and the predicted rates use them."""
+    costs = RoundCosts()
+    assert costs.verify_model() == (0.0, 1.0), "nothing measured: the profiled forward alone"
+
+    def verify_s(tokens):
+        return 0.002 + 1.5 / sps_at(SPS, tokens)
+
+    for requests in (1, 2, 4, 8, 16) * 4:
+        tokens = requests * 4
+        costs.record(True, verify_s(tokens) + 0.004, SPS, requests, tokens=tokens, committed=2 * requests,
+                     verify_s=verify_s(tokens))
+        costs.record(False, verify_s(requests) + 0.001, SPS, requests, tokens=requests, committed=requests,
+                     verify_s=verify_s(requests))
+    c0, m = costs.verify_model()
+    assert c0 == pytest.approx(0.002) and m == pytest.approx(1.5)
+    assert costs.overhead_drafting == pytest.approx(0.004) and costs.overhead_plain == pytest.approx(0.001)
+    drafting, plain = costs.rates(SPS, 8)
+    assert drafting == pytest.approx(16 / (0.004 + verify_s(32))) and plain == pytest.approx(8 / (0.001 + verify_s(8)))
+    # rounds that all verify about as many tokens say nothing about the slope
+    flat = RoundCosts()
+    for _ in range(10):
+        flat.record(False, 0.01, SPS, 4, tokens=4, committed=4, verify_s=0.009)
+    assert flat.verify_model() == (pytest.approx(0.009 - 1 / 180.0), 1.0)
+
+
+def test_padded_slots_count_toward_verified_tokens():
+    """A ragged verify pads every request to the longest budget; a padded slot costs PADDING_COST of a token."""
+    costs = RoundCosts()
+    costs.record(True, 0.02, SPS, 4, tokens=8, committed=8, longest=3, padded=8)  # budgets 3, 1, 0, 0
+    assert costs.verified == pytest.approx((4 + PADDING_COST * 8) / 4)
 
 
 def test_probe_settings_are_checked():
