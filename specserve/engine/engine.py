@@ -173,7 +173,7 @@ class SpecEngine:
     def _round(self, outputs: list[RequestOutput]) -> None:
         start = time.perf_counter()
         batch = list(self.running)
-        load = self._load() if self.policy.needs_load else None
+        load = self._load(len(batch)) if self.policy.needs_load else None
         drafting = load is None or self._costs.should_draft(load.sps, len(batch))
         # positions the drafter must take in before it drafts (prompts, rounds decoded without it); a round
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
@@ -218,9 +218,9 @@ class SpecEngine:
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets))
 
-    def _load(self) -> LoadReport:
+    def _load(self, requests: int) -> LoadReport:
         """The verifier's load, priced with the round costs this engine measured (RoundCosts.priced)."""
-        return self._costs.priced(self.verifier.load())
+        return self._costs.priced(self.verifier.load(), requests)
 
     def _propose(self, batch: list[Request]) -> list[DraftBlock]:
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0

@@ -8,14 +8,17 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 - how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
   rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
   forward; c0 a fixed cost per call, such as an RPC),
-- the rest of a round (drafting, scheduling), separately for rounds that drafted and plain rounds,
+- the rest of a round (drafting, scheduling), separately for rounds that drafted and plain rounds, as a
+  line in the round's requests R: the drafter's work grows with them (a DSpark propose on the demo: 2.8 ms
+  at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
+  cost measured under load,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
   ragged verify counting PADDING_COST of a token,
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
-    drafting:  R·τ / (overhead_drafting + c0 + m/SPS(R·(1 + verified)))
-    plain:     R / (overhead_plain + c0 + m/SPS(R))
+    drafting:  R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified)))
+    plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
 
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
@@ -55,6 +58,7 @@ TAU_EMA = 1 / 64
 # (padded to 20), 12.7 ms as 7+5+3+1 (padded to 28); the profiled forward is 10.4 ms for 16 tokens, 13.5 for 28
 PADDING_COST = 0.5
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
+OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -64,19 +68,61 @@ def _average(previous: float | None, sample: float, count: int, weight: float = 
 
 
 @dataclass
+class LinearFit:
+    """y ≈ c0 + m·x by least squares over recent samples (each older sample weighs `1 - decay` less).
+
+    Until x varies by more than a tenth of its mean the slope is `fallback_slope`, or with None the line runs
+    through the origin (y ∝ x). That fallback is optimistic for a cost measured at large x only (a drafting round
+    seen under load, whose cost is mostly per request): at a small x it predicts a cheap round, so the engine
+    tries one and measures it, where a pessimistic estimate would never be tested again.
+    """
+
+    decay: float = FIT_EMA
+    fallback_slope: float | None = None
+    sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed Σ1, Σx, Σy, Σx², Σxy
+
+    def add(self, x: float, y: float) -> None:
+        keep = 1.0 - self.decay
+        self.sums = [keep * s + v for s, v in zip(self.sums, (1.0, x, y, x * x, x * y), strict=True)]
+
+    @property
+    def empty(self) -> bool:
+        return self.sums[0] == 0.0
+
+    def coefficients(self) -> tuple[float, float]:
+        """(c0, m); (0, fallback slope or 0) before the first sample."""
+        n, sx, sy, sxx, sxy = self.sums
+        if n == 0.0:
+            return 0.0, self.fallback_slope or 0.0
+        mx, my = sx / n, sy / n
+        var = sxx / n - mx * mx
+        if var > (0.1 * mx) ** 2:
+            slope = max(0.0, (sxy / n - mx * my) / var)
+        elif self.fallback_slope is None:
+            return 0.0, (my / mx if mx > 0 else 0.0)
+        else:
+            slope = self.fallback_slope
+        return my - slope * mx, slope
+
+    def __call__(self, x: float) -> float:
+        c0, m = self.coefficients()
+        return c0 + m * x
+
+
+@dataclass
 class RoundCosts:
     probe_every: int = 8  # rounds of the preferred choice before the other is tried again...
     max_probe_every: int = 64  # ...doubling, up to this, each time a probe confirms the preference
     drafting_probe: int = 2  # rounds a probe of drafting lasts (the first takes in the backlog)
-    overhead_drafting: float | None = None  # seconds per round outside the forward, rounds that drafted
-    overhead_plain: float | None = None  # the same for rounds without a drafter call
+    # seconds a round spends outside the verify call, against the requests of the round: drafting / plain rounds
+    overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
+    verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0))
     tau: float | None = None  # tokens committed per request per drafting round
-    verified: float | None = None  # draft tokens verified per request per drafting round
+    verified: float | None = None  # draft tokens verified per request per drafting round (padding counted)
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
-    # decayed sums 1, x, y, x², xy over rounds, y the verify's seconds, x = 1/SPS(effective tokens)
-    verify_fit: list = field(default_factory=lambda: [0.0] * 5)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
-    _overheads: dict = field(default_factory=lambda: {True: 0, False: 0})  # overheads recorded, drafting / plain
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
@@ -87,17 +133,6 @@ class RoundCosts:
         if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
-
-    def verify_model(self) -> tuple[float, float]:
-        """(c0, m): a verify takes c0 + m / SPS(effective tokens) seconds, fitted over recent rounds (m = 1 until
-        the rounds vary enough to tell a slope)."""
-        n, sx, sy, sxx, sxy = self.verify_fit
-        if n == 0:
-            return 0.0, 1.0
-        mx, my = sx / n, sy / n
-        var = sxx / n - mx * mx
-        slope = 1.0 if var <= (0.1 * mx) ** 2 else min(4.0, max(0.5, (sxy / n - mx * my) / var))
-        return my - slope * mx, slope
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
@@ -111,9 +146,7 @@ class RoundCosts:
         effective = tokens + PADDING_COST * padded
         forward = 1.0 / sps_at(sps, effective)
         if verify_s is not None:
-            decay = 1.0 - FIT_EMA
-            sample = (1.0, forward, verify_s, forward * forward, forward * verify_s)
-            self.verify_fit = [decay * a + b for a, b in zip(self.verify_fit, sample, strict=True)]
+            self.verify.add(forward, verify_s)
         if drafted:
             self._drafting_rounds += 1
             n = self._drafting_rounds
@@ -123,32 +156,29 @@ class RoundCosts:
                 self.longest = _average(self.longest, longest, n)
         if steady or not drafted:
             overhead = max(0.0, wall_s - (forward if verify_s is None else verify_s))
-            self._overheads[drafted] += 1
-            if drafted:
-                self.overhead_drafting = _average(self.overhead_drafting, overhead, self._overheads[True])
-            else:
-                self.overhead_plain = _average(self.overhead_plain, overhead, self._overheads[False])
+            (self.overhead_drafting if drafted else self.overhead_plain).add(requests, overhead)
 
     def rates(self, sps: dict[int, float], requests: int) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests`, once both were measured."""
-        if None in (self.overhead_drafting, self.overhead_plain, self.tau) or not sps or requests == 0:
+        if self.overhead_drafting.empty or self.overhead_plain.empty or self.tau is None or not sps or requests == 0:
             return None
-        c0, m = self.verify_model()
-        verified = requests * (1 + self.verified)
-        drafting = requests * self.tau / self._round_s(self.overhead_drafting, c0, m, sps, verified)
-        plain = requests / self._round_s(self.overhead_plain, c0, m, sps, requests)
+        drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified))
+        plain = requests / self._round_s(False, sps, requests, requests)
         return drafting, plain
 
-    @staticmethod
-    def _round_s(overhead: float, c0: float, m: float, sps: dict[int, float], tokens: float) -> float:
-        return max(1e-6, overhead + c0 + m / sps_at(sps, tokens))
+    def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float) -> float:
+        """A round's predicted seconds: its overhead at `requests` plus a verify of `tokens`."""
+        overhead = (self.overhead_drafting if drafted else self.overhead_plain)(requests)
+        return max(1e-6, max(0.0, overhead) + self.verify(1.0 / sps_at(sps, tokens)))
 
-    def priced(self, load: LoadReport) -> LoadReport:
-        """The verifier's load with this engine's measured costs, for the budget policy: the overhead of a steady
-        drafting round plus the fixed part of a verify, the verify's cost per profiled forward, the padding's."""
-        c0, m = self.verify_model()
-        return dataclasses.replace(load, round_overhead_s=max(0.0, (self.overhead_drafting or 0.0) + c0),
-                                   verify_scale=m, padding_cost=PADDING_COST)
+    def priced(self, load: LoadReport, requests: int) -> LoadReport:
+        """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`:
+        a steady drafting round's overhead plus the fixed part of a verify, the verify's cost per profiled
+        forward, the padding's."""
+        c0, m = self.verify.coefficients()
+        overhead = max(0.0, self.overhead_drafting(requests)) if not self.overhead_drafting.empty else 0.0
+        return dataclasses.replace(load, round_overhead_s=max(0.0, overhead + c0), verify_scale=m,
+                                   padding_cost=PADDING_COST)
 
     def draft_cap(self, cap: int) -> int:
         """Tokens worth drafting per request: two more than the policy's longest budgets of late (so that they
@@ -165,9 +195,9 @@ class RoundCosts:
         resets when it changes."""
         if not sps:
             return True  # nothing to compare with: the policy alone decides
-        if self.overhead_plain is None:
+        if self.overhead_plain.empty:
             return False
-        if self.overhead_drafting is None or self.tau is None:
+        if self.overhead_drafting.empty or self.tau is None:
             return True
         if self._probe_left > 0:  # a probe runs its course whatever the estimates say meanwhile
             self._probe_left -= 1
@@ -179,8 +209,8 @@ class RoundCosts:
             self._interval, self._streak = self.probe_every, 0
             log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified, overhead %.2f ms) "
                       "vs %.1f plain (overhead %.2f ms)", "drafting" if preferred else "plain decoding", requests,
-                      drafting, self.tau, self.verified, 1e3 * self.overhead_drafting, plain,
-                      1e3 * self.overhead_plain)
+                      drafting, self.tau, self.verified, 1e3 * self.overhead_drafting(requests), plain,
+                      1e3 * self.overhead_plain(requests))
         elif self._probed:
             self._interval = min(2 * self._interval, self.max_probe_every)
         self._preferred, self._probed = preferred, False

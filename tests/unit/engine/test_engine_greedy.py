@@ -96,10 +96,10 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     sps = {1: 1000.0, 4: 900.0, 16: 700.0, 64: 400.0}
     engine = SpecEngine(LocalVerifier(CausalLM(model), sps=sps), make_drafter("model", model),
                         PrefixScheduler(max_block=3), max_batch=8)
-    assert engine._load().round_overhead_s == 0.0, "nothing is measured before the first round"
+    assert engine._load(1).round_overhead_s == 0.0, "nothing is measured before the first round"
     requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
     assert [r.output_ids for r in requests] == refs
-    load = engine._load()
+    load = engine._load(1)
     assert load.round_overhead_s > 0.0 and load.verify_scale > 0.0 and load.padding_cost == PADDING_COST
     assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
 

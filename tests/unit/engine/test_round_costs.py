@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.decoding.budget import sps_at
-from specserve.engine.round_costs import PADDING_COST, RoundCosts
+from specserve.engine.round_costs import PADDING_COST, LinearFit, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
@@ -71,10 +71,10 @@ def test_catching_up_rounds_do_not_price_drafting():
     costs = RoundCosts()
     costs.record(True, 0.012, SPS, 1, tokens=8, committed=3)
     costs.record(True, 0.090, SPS, 1, tokens=8, committed=1, steady=False)  # 256 positions to take in
-    assert costs.overhead_drafting == pytest.approx(0.012 - 1 / 150.0)
+    assert costs.overhead_drafting(1) == pytest.approx(0.012 - 1 / 150.0)
     assert costs.tau == pytest.approx(2.0)
     costs.record(False, 0.006, SPS, 1, tokens=1, committed=1, steady=False)  # plain rounds are always priced
-    assert costs.overhead_plain == pytest.approx(0.001)
+    assert costs.overhead_plain(1) == pytest.approx(0.001)
 
 
 def test_drafts_only_as_far_as_budgets_reach():
@@ -98,7 +98,7 @@ def test_verify_time_is_fitted_and_the_rest_of_a_round_is_overhead():
     """Verification here takes 2 ms + 1.5x the profiled forward (sampling, padding, transport); the rest of a round
     (drafting, scheduling) is overhead. The fit recovers both, and the predicted rates use them."""
     costs = RoundCosts()
-    assert costs.verify_model() == (0.0, 1.0), "nothing measured: the profiled forward alone"
+    assert costs.verify.coefficients() == (0.0, 1.0), "nothing measured: the profiled forward alone"
 
     def verify_s(tokens):
         return 0.002 + 1.5 / sps_at(SPS, tokens)
@@ -109,16 +109,44 @@ def test_verify_time_is_fitted_and_the_rest_of_a_round_is_overhead():
                      verify_s=verify_s(tokens))
         costs.record(False, verify_s(requests) + 0.001, SPS, requests, tokens=requests, committed=requests,
                      verify_s=verify_s(requests))
-    c0, m = costs.verify_model()
+    c0, m = costs.verify.coefficients()
     assert c0 == pytest.approx(0.002) and m == pytest.approx(1.5)
-    assert costs.overhead_drafting == pytest.approx(0.004) and costs.overhead_plain == pytest.approx(0.001)
+    assert costs.overhead_drafting(8) == pytest.approx(0.004) and costs.overhead_plain(8) == pytest.approx(0.001)
     drafting, plain = costs.rates(SPS, 8)
     assert drafting == pytest.approx(16 / (0.004 + verify_s(32))) and plain == pytest.approx(8 / (0.001 + verify_s(8)))
     # rounds that all verify about as many tokens say nothing about the slope
     flat = RoundCosts()
     for _ in range(10):
         flat.record(False, 0.01, SPS, 4, tokens=4, committed=4, verify_s=0.009)
-    assert flat.verify_model() == (pytest.approx(0.009 - 1 / 180.0), 1.0)
+    assert flat.verify.coefficients() == (pytest.approx(0.009 - 1 / 180.0), 1.0)
+
+
+def test_overheads_follow_the_batch_size():
+    """A drafting round's overhead is mostly the drafter's, which grows with the requests: measured at 4 and 32
+    requests, it is predicted in between and below; measured at 32 only, it is taken as proportional (an optimistic
+    guess at 1 request, so that a lone request drafts and corrects it)."""
+    costs = RoundCosts()
+    for requests in (4, 32) * 10:
+        costs.record(True, 0.002 + 0.0004 * requests + 0.01, SPS, requests, tokens=2 * requests,
+                     committed=2 * requests, verify_s=0.01)
+    assert costs.overhead_drafting(16) == pytest.approx(0.002 + 0.0004 * 16)
+    assert costs.overhead_drafting(1) == pytest.approx(0.0024)
+    under_load = RoundCosts()
+    for _ in range(5):
+        under_load.record(True, 0.024, SPS, 32, tokens=64, committed=64, verify_s=0.01)
+    assert under_load.overhead_drafting(32) == pytest.approx(0.014)
+    assert under_load.overhead_drafting(1) == pytest.approx(0.014 / 32)
+
+
+def test_linear_fit_forgets_old_samples():
+    fit = LinearFit(decay=0.5, fallback_slope=1.0)
+    assert fit.empty and fit.coefficients() == (0.0, 1.0)
+    for _ in range(40):
+        fit.add(2.0, 5.0)
+    assert fit.coefficients() == (pytest.approx(3.0), 1.0), "x never varied: the fallback slope"
+    for _ in range(40):
+        fit.add(4.0, 1.0)
+    assert fit(4.0) == pytest.approx(1.0, abs=1e-6), "the old samples weigh nothing any more"
 
 
 def test_padded_slots_count_toward_verified_tokens():
