@@ -20,8 +20,7 @@ class LoadReport:
     running: int = 0  # sessions open on the verifier
     round_overhead_s: float = 0.0  # seconds a round spends outside the target forward (drafting, scheduling,
     #                                transport), measured by the engine over recent rounds
-    verify_scale: float = 1.0  # measured verify time / profiled forward time (sampling, transport per token)
-    padding_cost: float = 0.0  # what a padded slot of a ragged verify costs, as a fraction of a verified token
+    verify_scale: float = 1.0  # measured verify time / profiled forward time (sampling, padding, transport per token)
 
     def round_rate(self, tokens: float) -> float:
         """Rounds per second with `tokens` verified per forward: 1 / (overhead + forward time)."""
@@ -107,8 +106,9 @@ class PrefixScheduler:
     (`LoadReport.round_rate`): where drafting and scheduling cost as much as the forward (small models,
     CPUs, remote drafters), a verified token costs less of a round than the forward alone suggests.
     The engine also reports what a verified token really costs against the profiled forward
-    (`verify_scale`) and what a padded slot costs (`padding_cost`): a ragged batch is padded to its longest
-    budget, so a candidate that widens the batch pays for the padding of every other row.
+    (`verify_scale`, measured on its own rounds: the sampler, a ragged batch's padding, transport).
+    Padding is not priced per candidate: the first candidate always widens the batch, and charging it the
+    padding of every other row would stop the early stop before the candidates that fill those slots.
     With no overhead measured yet this is exactly the paper's τ*·SPS(B). The early stop is what
     keeps it lossless: c_{j+1} depends on the sampled x_j, so looking past a drop would make admitting
     x_j depend on its own value. `early_stop=False` exists only to demonstrate that bias in tests.
@@ -137,14 +137,11 @@ class PrefixScheduler:
         batch = len(proposed)
         expected = float(batch)  # every request verifies its anchor
         best = expected * load.round_rate(batch)
-        width, rows = 0, len(proposed)
         for a, r, j in candidates:
             lengths[r] = j
             batch += 1
-            width = max(width, j)
             expected += a
-            padded = rows * (1 + width) - batch
-            throughput = expected * load.round_rate(batch + load.padding_cost * padded)
+            throughput = expected * load.round_rate(batch)
             if throughput > best:
                 best, best_lengths = throughput, list(lengths)
             elif self.early_stop:

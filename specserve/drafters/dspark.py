@@ -1,6 +1,7 @@
 """DSpark and DFlash: parallel block drafters with KV injection of target features (algorithms.md §3).
 
-One backbone pass drafts a whole block `[anchor, MASK × (γ-1)]`. Every draft layer projects the
+One backbone pass drafts a whole block `[anchor, MASK × (γ-1)]` (at inference, optionally only its first
+slots: `draft_block(block_lens=...)`). Every draft layer projects the
 context `C = RMSNorm(fc(taps))` with its own k/v projections and puts those keys first; block queries
 see every context position before their anchor and all slots of their own block. DFlash stops there
 (slot j's logits are `lm_head(h_j)`); DSpark adds a sequential head that corrects slot j with the token
@@ -64,7 +65,7 @@ class BlockOutput:
     ids: torch.Tensor  # [B, k]
     q: torch.Tensor | None  # [B, k, V] distribution each id was sampled from; None: all greedy (one-hot)
     confidence_logits: torch.Tensor | None  # [B, k]
-    hidden: torch.Tensor  # [B, γ, H] backbone output of every slot
+    hidden: torch.Tensor  # [B, max(block_lens), H] backbone output of every slot (γ slots by default)
 
     @property
     def confidence(self) -> torch.Tensor | None:
@@ -170,8 +171,8 @@ class DSparkModel(nn.Module):
 
         Each session's new taps are appended to its context cache in the same forward that drafts its
         block; the block K/V are staged but never committed. Slots are then sampled left to right
-        through the sequential head (each sampled id feeds the next slot), `num_tokens` of them (all γ
-        by default).
+        through the sequential head (each sampled id feeds the next slot), `num_tokens` of them (by
+        default all slots of the longest block).
 
         `block_lens[i]` is how many block slots session i's backbone pass has: γ by default, as in training
         and in DeepSpec's rollout. A shorter block (the slots a round drafts) costs less; its drafts differ
@@ -181,10 +182,10 @@ class DSparkModel(nn.Module):
         block_lens[i] drafts only (the slots past them are drafted too, from a block they do not belong to).
         """
         cfg = self.cfg
-        k = cfg.block_size if num_tokens is None else num_tokens
+        lens = [cfg.block_size] * len(inputs) if block_lens is None else list(block_lens)
+        k = max(lens, default=cfg.block_size) if num_tokens is None else num_tokens
         if not 0 <= k <= cfg.block_size:
             raise ValueError(f"num_tokens must be in [0, {cfg.block_size}], got {k}")
-        lens = [cfg.block_size] * len(inputs) if block_lens is None else list(block_lens)
         if len(lens) != len(inputs) or not all(1 <= n <= cfg.block_size for n in lens) or k > max(lens, default=k):
             raise ValueError(f"block_lens must give each of the {len(inputs)} sessions 1 to {cfg.block_size} slots, "
                              f"at least num_tokens={k} for one, got {block_lens}")

@@ -14,7 +14,9 @@ see fewer mask slots after them), and DSpark's sequential head absorbs it: demo 
 tokens, τ full vs trimmed, 2 tokens per round: python-heldout 2.08 vs 2.02, mt-bench 2.16 vs 2.09; 3 tokens:
 2.20 vs 2.31, 2.45 vs 2.35 (30 prompts each; greedy, 20 prompts, 4 tokens: 3.41 vs 3.45). DFlash, whose slots
 are drafted independently, loses more (2 tokens: 1.87 vs 1.74; 4: 1.97 vs 1.88), so by default it keeps the
-full block; `full_block=True` keeps DeepSpec's rollout for every draft and k.
+full block; `full_block=True` keeps DeepSpec's rollout for every draft and k. The STS temperatures were fitted
+on full blocks; a trimmed block's confidences shift slightly with it (they steer budgets only, never what is
+accepted).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from specserve.eval.calibration import apply_temperatures
 
 
 class DSparkDrafter:
-    """Drafts γ = block_size tokens per round with a DSpark/DFlash model (the `Drafter` protocol)."""
+    """Drafts up to γ = block_size tokens per round with a DSpark/DFlash model (the `Drafter` protocol)."""
 
     def __init__(self, model: DSparkModel, temperatures: Sequence[float] | None = None, cpu_linears: bool = True,
                  full_block: bool | None = None):

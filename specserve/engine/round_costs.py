@@ -24,7 +24,8 @@ The engine drafts while the first is at least the second, otherwise decodes plai
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference: under a load where drafting clearly
 loses, probes soon take 2 rounds in 66. The same model prices the budgets of the round (`priced`):
-Algorithm 1 sees the measured cost of a verified token, not the bare forward's. Taking the whole gap
+Algorithm 1 sees the measured cost of a verified token, not the bare forward's (padding included on
+average through the fit; not per candidate, see `PrefixScheduler`). Taking the whole gap
 between a round and its profiled forward as fixed overhead (as before) made every extra token look cheap:
 on the demo at 4 requests the scheduler verified 3.5 ragged tokens per request where 2 uniform ones
 (fixed-2) were 8 % faster.
@@ -69,7 +70,7 @@ def _average(previous: float | None, sample: float, count: int, weight: float = 
 
 @dataclass
 class LinearFit:
-    """y ≈ c0 + m·x by least squares over recent samples (each older sample weighs `1 - decay` less).
+    """y ≈ c0 + m·x, c0 ≥ 0, by least squares over recent samples (each sample weighs `1 - decay` times the next).
 
     Until x varies by more than a tenth of its mean the slope is `fallback_slope`, or with None the line runs
     through the origin (y ∝ x). That fallback is optimistic for a cost measured at large x only (a drafting round
@@ -102,6 +103,8 @@ class LinearFit:
             return 0.0, (my / mx if mx > 0 else 0.0)
         else:
             slope = self.fallback_slope
+        if my - slope * mx < 0.0:  # a cost is never negative, even where nothing was measured: through the origin
+            return 0.0, (max(0.0, sxy / sxx) if sxx > 0 else 0.0)
         return my - slope * mx, slope
 
     def __call__(self, x: float) -> float:
@@ -120,7 +123,7 @@ class RoundCosts:
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0))
     tau: float | None = None  # tokens committed per request per drafting round
-    verified: float | None = None  # draft tokens verified per request per drafting round (padding counted)
+    verified: float | None = None  # draft tokens verified per request per drafting round, plus PADDING_COST per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
     _preferred: bool | None = None  # the choice the estimates favoured last round
@@ -169,16 +172,15 @@ class RoundCosts:
     def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float) -> float:
         """A round's predicted seconds: its overhead at `requests` plus a verify of `tokens`."""
         overhead = (self.overhead_drafting if drafted else self.overhead_plain)(requests)
-        return max(1e-6, max(0.0, overhead) + self.verify(1.0 / sps_at(sps, tokens)))
+        return max(1e-6, overhead + self.verify(1.0 / sps_at(sps, tokens)))
 
     def priced(self, load: LoadReport, requests: int) -> LoadReport:
         """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`:
-        a steady drafting round's overhead plus the fixed part of a verify, the verify's cost per profiled
-        forward, the padding's."""
+        a steady drafting round's overhead plus the fixed part of a verify, and the verify's cost per profiled
+        forward."""
         c0, m = self.verify.coefficients()
-        overhead = max(0.0, self.overhead_drafting(requests)) if not self.overhead_drafting.empty else 0.0
-        return dataclasses.replace(load, round_overhead_s=max(0.0, overhead + c0), verify_scale=m,
-                                   padding_cost=PADDING_COST)
+        overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
+        return dataclasses.replace(load, round_overhead_s=overhead + c0, verify_scale=m)
 
     def draft_cap(self, cap: int) -> int:
         """Tokens worth drafting per request: two more than the policy's longest budgets of late (so that they
@@ -207,10 +209,10 @@ class RoundCosts:
         preferred = drafting >= plain
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every, 0
-            log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified, overhead %.2f ms) "
-                      "vs %.1f plain (overhead %.2f ms)", "drafting" if preferred else "plain decoding", requests,
-                      drafting, self.tau, self.verified, 1e3 * self.overhead_drafting(requests), plain,
-                      1e3 * self.overhead_plain(requests))
+            log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified with padding, "
+                      "overhead %.2f ms) vs %.1f plain (overhead %.2f ms)",
+                      "drafting" if preferred else "plain decoding", requests, drafting, self.tau, self.verified,
+                      1e3 * self.overhead_drafting(requests), plain, 1e3 * self.overhead_plain(requests))
         elif self._probed:
             self._interval = min(2 * self._interval, self.max_probe_every)
         self._preferred, self._probed = preferred, False

@@ -84,13 +84,22 @@ def test_survival_is_cumulative_product():
     assert survival(torch.tensor([0.5, 0.5, 1.0])) == pytest.approx([0.5, 0.25, 0.25])
 
 
-def test_prefix_scheduler_prices_the_padding_of_a_ragged_verify():
-    """One request with a long confident draft and seven with weak ones: verifying 4 tokens of the first pays when
-    only real tokens cost, not when the 7 other rows are padded to its width and padding costs like a token."""
+
+def test_prefix_scheduler_prices_tokens_at_the_measured_verify_cost():
+    """A token that costs twice the profiled forward (verify_scale 2) is worth verifying less often."""
     sps = {8: 100.0, 16: 80.0, 32: 50.0, 64: 30.0}
     confidences = [torch.full((4,), 0.95)] + [torch.tensor([0.1])] * 7
     policy = PrefixScheduler(max_block=4)
     assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps)) == [4] + [0] * 7
-    assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps, padding_cost=1.0)) == [0] * 8
-    scaled = LoadReport(sps=sps, round_overhead_s=0.01, verify_scale=2.0)
-    assert scaled.round_rate(8) == pytest.approx(1 / (0.01 + 2.0 / 100.0))
+    scaled = LoadReport(sps=sps, round_overhead_s=0.001, verify_scale=2.0)
+    assert scaled.round_rate(8) == pytest.approx(1 / (0.001 + 2.0 / 100.0))
+    assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps, round_overhead_s=0.02)) == [4] + [0] * 7
+    assert policy.budget([4] + [1] * 7, confidences, LoadReport(sps=sps, verify_scale=2.0)) == [4] + [0] * 7
+
+
+def test_prefix_scheduler_gives_every_equally_confident_request_its_token():
+    """Eight rows with one confident draft each: verifying all eight (15.2 expected tokens at SPS(16)) beats
+    verifying none (8 at SPS(8)), and nothing stops the scheduler before the last row."""
+    sps = {8: 150.0, 16: 100.0}
+    budgets = PrefixScheduler(max_block=1).budget([1] * 8, [torch.tensor([0.9])] * 8, LoadReport(sps=sps))
+    assert budgets == [1] * 8

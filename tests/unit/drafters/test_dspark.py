@@ -190,11 +190,20 @@ def test_the_drafter_trims_the_block_of_drafts_with_a_sequential_head(variant, t
         return drafter.propose([DraftRequest("s", [], len(ids), 2, SamplingParams(), position=0)])[0].ids
 
     assert DSparkDrafter(model).full_block is not trims
-    expected = model.draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2,
-                                 block_lens=[2] if trims else None)
+    seen = []
+    draft_block = model.draft_block
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("block_lens"))
+        return draft_block(*args, **kwargs)
+
+    model.draft_block = spy
+    expected = draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2,
+                           block_lens=[2] if trims else None)
     assert drafts(DSparkDrafter(model)) == expected.ids[0].tolist()
-    full = model.draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2)
+    full = draft_block([BlockInput(DraftKVCache(model.cfg.num_layers), taps, ids[-1])], 2)
     assert drafts(DSparkDrafter(model, full_block=True)) == full.ids[0].tolist()
+    assert seen == [[2] if trims else None, None], "the block the drafter asked for"
 
 
 def test_the_sampling_layout_keeps_the_weights_and_the_drafts():

@@ -9,7 +9,6 @@ from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.draft_lm import DraftModelDrafter
 from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.engine import SpecEngine
-from specserve.engine.round_costs import PADDING_COST
 from specserve.engine.verifier import LocalVerifier
 from specserve.target.model import CausalLM
 from tiny_models import tiny_model
@@ -100,7 +99,9 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
     assert [r.output_ids for r in requests] == refs
     load = engine._load(1)
-    assert load.round_overhead_s > 0.0 and load.verify_scale > 0.0 and load.padding_cost == PADDING_COST
+    assert load.round_overhead_s > 0.0 and load.verify_scale > 0.0
+    assert not engine._costs.verify.empty, "every round's verify call was timed"
+    assert engine._costs.verified > 0.0
     assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
 
 
