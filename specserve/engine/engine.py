@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from specserve.decoding.budget import BudgetPolicy, FixedK, LoadReport
+from specserve.decoding.budget import BudgetPolicy, FixedK
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
@@ -173,13 +173,22 @@ class SpecEngine:
     def _round(self, outputs: list[RequestOutput]) -> None:
         start = time.perf_counter()
         batch = list(self.running)
-        load = self._load(len(batch)) if self.policy.needs_load else None
-        drafting = load is None or self._costs.should_draft(load.sps, len(batch))
+        cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
+        load = None
+        if self.policy.needs_load:  # what this round may draft, whether it drafts, the costs its budgets see
+            report = self.verifier.load()
+            cap = self._costs.draft_cap(cap, report.sps, len(batch))
+            drafting = self._costs.should_draft(report.sps, len(batch), cap)
+            load = self._costs.priced(report, len(batch), cap)
+        else:
+            drafting = True
         # positions the drafter must take in before it drafts (prompts, rounds decoded without it); a round
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
         fed = [r for r in batch if r.id in self._drafting]
         backlog = sum(r.committed_len - r.drafter_len for r in fed)
-        blocks = self._propose(batch) if drafting else [_NO_DRAFT] * len(batch)
+        propose_start = time.perf_counter()
+        blocks = self._propose(batch, cap) if drafting else [_NO_DRAFT] * len(batch)
+        propose_s = time.perf_counter() - propose_start
         drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
         budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load)
@@ -216,16 +225,11 @@ class SpecEngine:
             self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
-                               verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets))
+                               verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
+                               propose_s=propose_s if drafted else None, slots=len(fed) * cap,
+                               survival=_mean_survival([b.confidence for b in blocks]))
 
-    def _load(self, requests: int) -> LoadReport:
-        """The verifier's load, priced with the round costs this engine measured (RoundCosts.priced)."""
-        return self._costs.priced(self.verifier.load(), requests)
-
-    def _propose(self, batch: list[Request]) -> list[DraftBlock]:
-        cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
-        if self._costs is not None:  # a load-aware policy: draft only as far as its budgets have reached
-            cap = self._costs.draft_cap(cap)
+    def _propose(self, batch: list[Request], cap: int) -> list[DraftBlock]:
         asked = [r for r in batch if r.id in self._drafting]
         if cap == 0 or not asked:
             return [_NO_DRAFT] * len(batch)
@@ -338,6 +342,15 @@ class SpecEngine:
         outputs.append(out)
         if r.on_output is not None:
             r.on_output(out)
+
+
+def _mean_survival(confidences: list[torch.Tensor | None]) -> list[float] | None:
+    """Per slot j, the mean over requests of Π_{i≤j} c_i (requests whose drafts reach slot j)."""
+    rows = [torch.cumprod(c.double(), 0) for c in confidences if c is not None and len(c)]
+    if not rows:
+        return None
+    longest = max(len(r) for r in rows)
+    return [float(torch.stack([r[j] for r in rows if len(r) > j]).mean()) for j in range(longest)]
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:

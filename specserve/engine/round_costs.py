@@ -12,12 +12,16 @@ already run by then: when drafting plus verification yields fewer tokens per sec
   line in the round's requests R: the drafter's work grows with them (a DSpark propose on the demo: 2.8 ms
   at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
   cost measured under load,
+- the drafter's call against the slots it drafts, and the mean prefix survival of each draft slot (the
+  product of calibrated confidences), from which `draft_cap` picks how far to draft: the k a fixed-k
+  policy would find fastest,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
   ragged verify counting PADDING_COST of a token,
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
-    drafting:  R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified)))
+    drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R·k) + c0 + m/SPS(R·(1 + k)))
+               (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
     plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
 
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
@@ -122,6 +126,11 @@ class RoundCosts:
     overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0))
+    # seconds of the drafter's call against the slots it drafts (requests x draft length), steady rounds
+    propose: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    # mean prefix survival a_j (product of confidences up to slot j) over a drafting round's requests, per slot
+    survival: list[float] = field(default_factory=list)
+    _survival_seen: int = 0  # slots of the last round with confidences (later slots of `survival` are stale)
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round, plus PADDING_COST per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
@@ -139,11 +148,14 @@ class RoundCosts:
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
-               padded: int = 0) -> None:
+               padded: int = 0, propose_s: float | None = None, slots: int = 0,
+               survival: list[float] | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
-        profiled forward; `padded`: padding slots of the verify). `steady` False: the drafter also took in a
-        backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
+        profiled forward; `padded`: padding slots of the verify; `propose_s`: the drafter call's time for `slots`
+        drafted slots; `survival`: the round's mean prefix survival per slot). `steady` False: the drafter also
+        took in a backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still
+        count)."""
         if not sps or requests == 0:
             return
         effective = tokens + PADDING_COST * padded
@@ -157,41 +169,79 @@ class RoundCosts:
             self.verified = _average(self.verified, (effective - requests) / requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
+            if survival:
+                self._survival_seen = len(survival)
+                for j, a in enumerate(survival):
+                    if j < len(self.survival):
+                        self.survival[j] += EMA * (a - self.survival[j])
+                    else:
+                        self.survival.append(a)
         if steady or not drafted:
-            overhead = max(0.0, wall_s - (forward if verify_s is None else verify_s))
-            (self.overhead_drafting if drafted else self.overhead_plain).add(requests, overhead)
+            overhead = wall_s - (forward if verify_s is None else verify_s)
+            if drafted and propose_s is not None and slots > 0:
+                self.propose.add(slots, propose_s)
+                overhead -= propose_s
+            (self.overhead_drafting if drafted else self.overhead_plain).add(requests, max(0.0, overhead))
 
-    def rates(self, sps: dict[int, float], requests: int) -> tuple[float, float] | None:
-        """(drafting, plain) committed tokens per second predicted for `requests`, once both were measured."""
+    def rates(self, sps: dict[int, float], requests: int, cap: int = 0) -> tuple[float, float] | None:
+        """(drafting, plain) committed tokens per second predicted for `requests` (drafting `cap` slots each),
+        once both were measured."""
         if self.overhead_drafting.empty or self.overhead_plain.empty or self.tau is None or not sps or requests == 0:
             return None
-        drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified))
+        if cap > 0 and self._modelled(sps, requests):  # the drafts' own survival at this round's cap
+            drafting = self._fixed_k_rate(sps, requests, cap)
+        else:  # what drafting rounds committed and verified of late
+            drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
         plain = requests / self._round_s(False, sps, requests, requests)
         return drafting, plain
 
-    def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float) -> float:
-        """A round's predicted seconds: its overhead at `requests` plus a verify of `tokens`."""
+    def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
+        """A round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request and a
+        verify of `tokens`."""
         overhead = (self.overhead_drafting if drafted else self.overhead_plain)(requests)
-        return max(1e-6, overhead + self.verify(1.0 / sps_at(sps, tokens)))
+        return max(1e-6, overhead + self._propose_s(requests * cap) + self.verify(1.0 / sps_at(sps, tokens)))
 
-    def priced(self, load: LoadReport, requests: int) -> LoadReport:
-        """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`:
-        a steady drafting round's overhead plus the fixed part of a verify, and the verify's cost per profiled
-        forward."""
+    def _propose_s(self, slots: int) -> float:
+        return 0.0 if self.propose.empty or slots <= 0 else max(0.0, self.propose(slots))
+
+    def priced(self, load: LoadReport, requests: int, cap: int = 0) -> LoadReport:
+        """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`
+        drafting `cap` slots each: that round's overhead (the drafter's call included) plus the fixed part of a
+        verify, and the verify's cost per profiled forward."""
         c0, m = self.verify.coefficients()
         overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
-        return dataclasses.replace(load, round_overhead_s=overhead + c0, verify_scale=m)
+        return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests * cap) + c0,
+                                   verify_scale=m)
 
-    def draft_cap(self, cap: int) -> int:
-        """Tokens worth drafting per request: two more than the policy's longest budgets of late (so that they
-        can grow), at most `cap`. Under load the scheduler verifies one or two tokens, and the drafter's LM
-        head and sampling of the slots no budget reaches are saved. A cap read from finished rounds drafts a
-        prefix of the same block: lossless."""
+    def draft_cap(self, cap: int, sps: dict[int, float] | None = None, requests: int = 0) -> int:
+        """Tokens worth drafting per request, at most `cap`.
+
+        Once the drafter's cost per slot and the drafts' survival per slot are measured: the k that a fixed-k
+        policy would find fastest, R·(1 + Σ_{j≤k} a_j) / (overhead + propose(R·k) + verify(R·(1 + k))), with a_j
+        the mean prefix survival of slot j (slots past those drafted of late extrapolated geometrically, so the
+        cap can grow). The prefix scheduler then verifies at most that much per request. Under load a drafted slot
+        costs about what a verified token does (DSpark on the demo at 8 requests: 0.8 ms per slot per round), so
+        slots no budget will reach are not drafted. Before that (and for drafts without confidences): two more
+        than the longest budgets of late. A cap read from finished rounds only: lossless."""
         if self.longest is None or cap <= 0:
             return cap
-        return max(1, min(cap, math.ceil(self.longest) + 2))
+        if not self._modelled(sps, requests):
+            return max(1, min(cap, math.ceil(self.longest) + 2))
+        return max(range(1, cap + 1), key=lambda k: self._fixed_k_rate(sps, requests, k))
 
-    def should_draft(self, sps: dict[int, float], requests: int) -> bool:
+    def _modelled(self, sps: dict[int, float] | None, requests: int) -> bool:
+        """Whether drafting k slots can be priced from survival and the drafter's measured cost per slot."""
+        return bool(self.survival) and not self.propose.empty and not self.overhead_drafting.empty and bool(sps) \
+            and requests > 0
+
+    def _fixed_k_rate(self, sps: dict[int, float], requests: int, k: int) -> float:
+        """Committed tokens per second drafting and verifying k slots per request: R·(1 + Σ_{j≤k} a_j) per round."""
+        seen = self.survival[: max(1, self._survival_seen)]
+        ratio = min(1.0, seen[-1] / seen[-2]) if len(seen) > 1 and seen[-2] > 0 else seen[-1]
+        expected = 1.0 + sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
+        return requests * expected / self._round_s(True, sps, requests, requests * (1 + k), k)
+
+    def should_draft(self, sps: dict[int, float], requests: int, cap: int = 0) -> bool:
         """Draft this round? Measures a plain round first, then drafts until a steady drafting round is measured;
         then the faster, with probes of the other whose interval doubles while they confirm the preference and
         resets when it changes."""
@@ -205,7 +255,7 @@ class RoundCosts:
             self._probe_left -= 1
             self._probed = self._probe_left == 0
             return not self._preferred
-        drafting, plain = self.rates(sps, requests)
+        drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every, 0

@@ -95,10 +95,10 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     sps = {1: 1000.0, 4: 900.0, 16: 700.0, 64: 400.0}
     engine = SpecEngine(LocalVerifier(CausalLM(model), sps=sps), make_drafter("model", model),
                         PrefixScheduler(max_block=3), max_batch=8)
-    assert engine._load(1).round_overhead_s == 0.0, "nothing is measured before the first round"
+    assert engine._costs.priced(engine.verifier.load(), 1).round_overhead_s == 0.0, "nothing measured yet"
     requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
     assert [r.output_ids for r in requests] == refs
-    load = engine._load(1)
+    load = engine._costs.priced(engine.verifier.load(), 1)
     assert load.round_overhead_s > 0.0 and load.verify_scale > 0.0
     assert not engine._costs.verify.empty, "every round's verify call was timed"
     assert engine._costs.verified > 0.0
@@ -135,3 +135,11 @@ def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     drafting = [steady for drafted, steady in recorded if drafted]
     assert drafting[0] is False, "the first drafting round takes in every prompt"
     assert True in drafting, "later drafting rounds are steady and priced"
+
+
+def test_mean_survival_per_slot_over_the_requests_that_reach_it():
+    from specserve.engine.engine import _mean_survival
+
+    assert _mean_survival([None, torch.tensor([])]) is None
+    got = _mean_survival([torch.tensor([0.5, 0.5]), None, torch.tensor([1.0])])
+    assert got == pytest.approx([0.75, 0.25])

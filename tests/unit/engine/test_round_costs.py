@@ -156,6 +156,29 @@ def test_padded_slots_count_toward_verified_tokens():
     assert costs.verified == pytest.approx((4 + PADDING_COST * 8) / 4)
 
 
+def test_the_draft_cap_is_the_fastest_fixed_k_for_the_measured_survival_and_slot_cost():
+    """Once the drafter's cost per slot and the drafts' survival per slot are measured, the cap is the k a fixed-k
+    policy would find fastest: confident drafts are drafted far, weak ones a slot or two, and a costlier drafter
+    shortens the cap. Slots past those drafted lately are extrapolated, so the cap can grow."""
+    def trained(survival, per_slot_s):
+        costs = RoundCosts()
+        for requests in (4, 8) * 10:
+            slots = requests * len(survival)
+            costs.record(True, 0.001 + per_slot_s * slots + 0.01, SPS, requests, tokens=requests * 3,
+                         committed=requests * 2, longest=2, verify_s=0.01, propose_s=per_slot_s * slots, slots=slots,
+                         survival=survival)
+        return costs
+
+    assert trained([0.9, 0.85, 0.8], 0.0002).draft_cap(7, SPS, 8) == 7, "confident: extrapolated to the whole block"
+    assert trained([0.5, 0.2, 0.05], 0.0002).draft_cap(7, SPS, 8) <= 2
+    cheap, dear = trained([0.8, 0.6, 0.45], 0.00005), trained([0.8, 0.6, 0.45], 0.002)
+    assert dear.draft_cap(7, SPS, 8) < cheap.draft_cap(7, SPS, 8)
+    assert cheap.propose(10) == pytest.approx(10 * 0.00005), "the drafter's call is fitted per slot"
+    assert cheap.overhead_drafting(8) == pytest.approx(0.001), "and is not counted in the round's other overhead"
+    assert trained([0.9], 0.0002).draft_cap(0, SPS, 8) == 0
+    assert cheap.draft_cap(7) == 4, "without an SPS table: two beyond the longest budgets"
+
+
 def test_probe_settings_are_checked():
     with pytest.raises(ValueError, match="drafting_probe"):
         RoundCosts(drafting_probe=0)
