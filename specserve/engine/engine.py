@@ -186,6 +186,7 @@ class SpecEngine:
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
         fed = [r for r in batch if r.id in self._drafting]
         backlog = sum(r.committed_len - r.drafter_len for r in fed)
+        slots = sum(self._draft_room(r, cap) for r in fed)  # what the drafter is asked for, if it runs
         propose_start = time.perf_counter()
         blocks = self._propose(batch, cap) if drafting else [_NO_DRAFT] * len(batch)
         propose_s = time.perf_counter() - propose_start
@@ -226,8 +227,9 @@ class SpecEngine:
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
-                               propose_s=propose_s if drafted else None, slots=len(fed) * cap,
-                               survival=_mean_survival([b.confidence for b in blocks]))
+                               propose_s=propose_s if drafted else None, slots=slots,
+                               survival=_mean_survival([None if b.confidence is None else b.confidence[:k]
+                                                        for b, k in zip(blocks, proposed, strict=True)], cap))
 
     def _propose(self, batch: list[Request], cap: int) -> list[DraftBlock]:
         asked = [r for r in batch if r.id in self._drafting]
@@ -344,12 +346,13 @@ class SpecEngine:
             r.on_output(out)
 
 
-def _mean_survival(confidences: list[torch.Tensor | None]) -> list[float] | None:
-    """Per slot j, the mean over requests of Π_{i≤j} c_i (requests whose drafts reach slot j)."""
+def _mean_survival(confidences: list[torch.Tensor | None], cap: int) -> list[float] | None:
+    """Per slot j, the mean over requests of Π_{i≤j} c_i (requests whose drafts reach slot j); None unless some
+    request's drafts reach the round's cap (rounds cut short by max_tokens say nothing of the slots past them)."""
     rows = [torch.cumprod(c.double(), 0) for c in confidences if c is not None and len(c)]
-    if not rows:
+    longest = max((len(r) for r in rows), default=0)
+    if longest == 0 or longest < cap:
         return None
-    longest = max(len(r) for r in rows)
     return [float(torch.stack([r[j] for r in rows if len(r) > j]).mean()) for j in range(longest)]
 
 

@@ -20,7 +20,7 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
-    drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R·k) + c0 + m/SPS(R·(1 + k)))
+    drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R, R·k) + c0 + m/SPS(R·(1 + k)))
                (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
     plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
 
@@ -84,6 +84,7 @@ class LinearFit:
 
     decay: float = FIT_EMA
     fallback_slope: float | None = None
+    min_slope: float = 0.0  # a fitted slope below this (noise) is raised to it
     sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed Σ1, Σx, Σy, Σx², Σxy
 
     def add(self, x: float, y: float) -> None:
@@ -102,18 +103,59 @@ class LinearFit:
         mx, my = sx / n, sy / n
         var = sxx / n - mx * mx
         if var > (0.1 * mx) ** 2:
-            slope = max(0.0, (sxy / n - mx * my) / var)
+            slope = max(self.min_slope, (sxy / n - mx * my) / var)
         elif self.fallback_slope is None:
             return 0.0, (my / mx if mx > 0 else 0.0)
         else:
             slope = self.fallback_slope
         if my - slope * mx < 0.0:  # a cost is never negative, even where nothing was measured: through the origin
-            return 0.0, (max(0.0, sxy / sxx) if sxx > 0 else 0.0)
+            return 0.0, (max(self.min_slope, sxy / sxx) if sxx > 0 else 0.0)
         return my - slope * mx, slope
 
     def __call__(self, x: float) -> float:
         c0, m = self.coefficients()
         return c0 + m * x
+
+
+@dataclass
+class DrafterFit:
+    """The drafter's call: y ≈ a·R + b·S seconds for R requests and S = R·k slots (a, b ≥ 0), decayed least squares.
+
+    a is what each request costs (its new taps, sampling), b what each drafted slot costs. While k has not varied
+    the two cannot be told apart; b is then 0, the optimistic guess (the cap may grow, and the next rounds at the
+    new k separate them), where charging everything to slots would make every longer draft look dear and keep
+    the cap where it is for good.
+    """
+
+    decay: float = FIT_EMA
+    sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed ΣR², ΣRS, ΣS², ΣRy, ΣSy
+
+    def add(self, requests: int, slots: int, seconds: float) -> None:
+        keep = 1.0 - self.decay
+        sample = (requests * requests, requests * slots, slots * slots, requests * seconds, slots * seconds)
+        self.sums = [keep * s + v for s, v in zip(self.sums, sample, strict=True)]
+
+    @property
+    def empty(self) -> bool:
+        return self.sums[0] == 0.0
+
+    def coefficients(self) -> tuple[float, float]:
+        """(a, b): seconds per request and per slot."""
+        rr, rs, ss, ry, sy = self.sums
+        if rr == 0.0:
+            return 0.0, 0.0
+        det = rr * ss - rs * rs
+        if det > 1e-3 * rr * ss:
+            a, b = (ss * ry - rs * sy) / det, (rr * sy - rs * ry) / det
+            if a >= 0.0 and b >= 0.0:
+                return a, b
+            if a < 0.0:
+                return 0.0, max(0.0, sy / ss)
+        return max(0.0, ry / rr), 0.0
+
+    def __call__(self, requests: int, slots: int) -> float:
+        a, b = self.coefficients()
+        return a * requests + b * slots
 
 
 @dataclass
@@ -125,9 +167,10 @@ class RoundCosts:
     overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
-    verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0))
-    # seconds of the drafter's call against the slots it drafts (requests x draft length), steady rounds
-    propose: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
+    verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5))
+    # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
+    propose: DrafterFit = field(default_factory=lambda: DrafterFit(OVERHEAD_EMA))
     # mean prefix survival a_j (product of confidences up to slot j) over a drafting round's requests, per slot
     survival: list[float] = field(default_factory=list)
     _survival_seen: int = 0  # slots of the last round with confidences (later slots of `survival` are stale)
@@ -169,7 +212,8 @@ class RoundCosts:
             self.verified = _average(self.verified, (effective - requests) / requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
-            if survival:
+            if survival:  # slots not seen in the last rounds start afresh rather than from a stale value
+                del self.survival[self._survival_seen:]
                 self._survival_seen = len(survival)
                 for j, a in enumerate(survival):
                     if j < len(self.survival):
@@ -179,7 +223,7 @@ class RoundCosts:
         if steady or not drafted:
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
-                self.propose.add(slots, propose_s)
+                self.propose.add(requests, slots, propose_s)
                 overhead -= propose_s
             (self.overhead_drafting if drafted else self.overhead_plain).add(requests, max(0.0, overhead))
 
@@ -199,10 +243,10 @@ class RoundCosts:
         """A round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request and a
         verify of `tokens`."""
         overhead = (self.overhead_drafting if drafted else self.overhead_plain)(requests)
-        return max(1e-6, overhead + self._propose_s(requests * cap) + self.verify(1.0 / sps_at(sps, tokens)))
+        return max(1e-6, overhead + self._propose_s(requests, cap) + self.verify(1.0 / sps_at(sps, tokens)))
 
-    def _propose_s(self, slots: int) -> float:
-        return 0.0 if self.propose.empty or slots <= 0 else max(0.0, self.propose(slots))
+    def _propose_s(self, requests: int, cap: int) -> float:
+        return 0.0 if self.propose.empty or cap <= 0 else self.propose(requests, requests * cap)
 
     def priced(self, load: LoadReport, requests: int, cap: int = 0) -> LoadReport:
         """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`
@@ -210,14 +254,14 @@ class RoundCosts:
         verify, and the verify's cost per profiled forward."""
         c0, m = self.verify.coefficients()
         overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
-        return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests * cap) + c0,
+        return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests, cap) + c0,
                                    verify_scale=m)
 
     def draft_cap(self, cap: int, sps: dict[int, float] | None = None, requests: int = 0) -> int:
         """Tokens worth drafting per request, at most `cap`.
 
         Once the drafter's cost per slot and the drafts' survival per slot are measured: the k that a fixed-k
-        policy would find fastest, R·(1 + Σ_{j≤k} a_j) / (overhead + propose(R·k) + verify(R·(1 + k))), with a_j
+        policy would find fastest, R·(1 + Σ_{j≤k} a_j) / (overhead + propose(R, R·k) + verify(R·(1 + k))), with a_j
         the mean prefix survival of slot j (slots past those drafted of late extrapolated geometrically, so the
         cap can grow). The prefix scheduler then verifies at most that much per request. Under load a drafted slot
         costs about what a verified token does (DSpark on the demo at 8 requests: 0.8 ms per slot per round), so

@@ -156,27 +156,46 @@ def test_padded_slots_count_toward_verified_tokens():
     assert costs.verified == pytest.approx((4 + PADDING_COST * 8) / 4)
 
 
+def train(survival, per_request_s, per_slot_s, lengths=None):
+    """Drafting rounds at 4 and 8 requests drafting each of `lengths` slots (default: all of `survival`)."""
+    costs = RoundCosts()
+    for _ in range(10):
+        for k in lengths or [len(survival)]:
+            for requests in (4, 8):
+                propose_s = per_request_s * requests + per_slot_s * requests * k
+                verify_s = 1 / sps_at(SPS, requests * (1 + k))  # the profiled forward, exactly
+                costs.record(True, 0.001 + propose_s + verify_s, SPS, requests, tokens=requests * (1 + k),
+                             committed=requests * 2, longest=2, verify_s=verify_s, propose_s=propose_s,
+                             slots=requests * k, survival=survival[:k])
+    return costs
+
+
 def test_the_draft_cap_is_the_fastest_fixed_k_for_the_measured_survival_and_slot_cost():
     """Once the drafter's cost per slot and the drafts' survival per slot are measured, the cap is the k a fixed-k
     policy would find fastest: confident drafts are drafted far, weak ones a slot or two, and a costlier drafter
     shortens the cap. Slots past those drafted lately are extrapolated, so the cap can grow."""
-    def trained(survival, per_slot_s):
-        costs = RoundCosts()
-        for requests in (4, 8) * 10:
-            slots = requests * len(survival)
-            costs.record(True, 0.001 + per_slot_s * slots + 0.01, SPS, requests, tokens=requests * 3,
-                         committed=requests * 2, longest=2, verify_s=0.01, propose_s=per_slot_s * slots, slots=slots,
-                         survival=survival)
-        return costs
-
-    assert trained([0.9, 0.85, 0.8], 0.0002).draft_cap(7, SPS, 8) == 7, "confident: extrapolated to the whole block"
-    assert trained([0.5, 0.2, 0.05], 0.0002).draft_cap(7, SPS, 8) <= 2
-    cheap, dear = trained([0.8, 0.6, 0.45], 0.00005), trained([0.8, 0.6, 0.45], 0.002)
+    assert train([0.9, 0.85, 0.8], 0.0005, 0.0002).draft_cap(7, SPS, 8) > 3, "confident: past the slots seen"
+    assert train([0.5, 0.2, 0.05], 0.0005, 0.0002).draft_cap(7, SPS, 8) <= 2
+    cheap = train([0.8, 0.6, 0.45], 0.0005, 0.00005, lengths=[1, 2, 3])
+    dear = train([0.8, 0.6, 0.45], 0.0005, 0.002, lengths=[1, 2, 3])
     assert dear.draft_cap(7, SPS, 8) < cheap.draft_cap(7, SPS, 8)
-    assert cheap.propose(10) == pytest.approx(10 * 0.00005), "the drafter's call is fitted per slot"
-    assert cheap.overhead_drafting(8) == pytest.approx(0.001), "and is not counted in the round's other overhead"
-    assert trained([0.9], 0.0002).draft_cap(0, SPS, 8) == 0
+    assert cheap.propose.coefficients() == pytest.approx((0.0005, 0.00005)), "per request and per slot, apart"
+    assert cheap.overhead_drafting(8) == pytest.approx(0.001), "the drafter's call is not the round's other overhead"
+    assert train([0.9], 0.0005, 0.0002).draft_cap(0, SPS, 8) == 0, "a policy that drafts nothing"
     assert cheap.draft_cap(7) == 4, "without an SPS table: two beyond the longest budgets"
+
+
+def test_a_cap_learned_at_one_slot_can_grow_back():
+    """Drafting one slot at a steady load, the drafter's cost cannot be split into per request and per slot: the
+    per-slot share is taken as 0, so confident drafts are drafted further, not pinned at one slot for good; a slot
+    seen again after a short cap starts from its new survival, not the stale one."""
+    costs = train([0.9, 0.9, 0.9], 0.002, 0.0, lengths=[1])
+    assert costs.propose.coefficients() == pytest.approx((0.002, 0.0))
+    assert costs.draft_cap(7, SPS, 8) > 1
+    costs = train([0.1, 0.05, 0.01], 0.0005, 0.0)  # the third slot was nearly never accepted...
+    costs.record(True, 0.02, SPS, 8, tokens=16, committed=12, survival=[0.9])
+    costs.record(True, 0.02, SPS, 8, tokens=16, committed=12, survival=[0.9, 0.8, 0.7])  # ...now it is
+    assert costs.survival[2] == pytest.approx(0.7)
 
 
 def test_probe_settings_are_checked():
