@@ -73,7 +73,23 @@ def _average(previous: float | None, sample: float, count: int, weight: float = 
 
 
 @dataclass
-class LinearFit:
+class _DecayedSums:
+    """Sums over samples in which each sample weighs `1 - decay` times the next (recent rounds count most)."""
+
+    decay: float = FIT_EMA
+    sums: list[float] = field(default_factory=lambda: [0.0] * 5)
+
+    def _add(self, sample: tuple[float, ...]) -> None:
+        keep = 1.0 - self.decay
+        self.sums = [keep * s + v for s, v in zip(self.sums, sample, strict=True)]
+
+    @property
+    def empty(self) -> bool:
+        return self.sums[0] == 0.0
+
+
+@dataclass
+class LinearFit(_DecayedSums):
     """y ≈ c0 + m·x, c0 ≥ 0, by least squares over recent samples (each sample weighs `1 - decay` times the next).
 
     Until x varies by more than a tenth of its mean the slope is `fallback_slope`, or with None the line runs
@@ -82,18 +98,11 @@ class LinearFit:
     tries one and measures it, where a pessimistic estimate would never be tested again.
     """
 
-    decay: float = FIT_EMA
     fallback_slope: float | None = None
     min_slope: float = 0.0  # a fitted slope below this (noise) is raised to it
-    sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed Σ1, Σx, Σy, Σx², Σxy
 
     def add(self, x: float, y: float) -> None:
-        keep = 1.0 - self.decay
-        self.sums = [keep * s + v for s, v in zip(self.sums, (1.0, x, y, x * x, x * y), strict=True)]
-
-    @property
-    def empty(self) -> bool:
-        return self.sums[0] == 0.0
+        self._add((1.0, x, y, x * x, x * y))  # Σ1, Σx, Σy, Σx², Σxy
 
     def coefficients(self) -> tuple[float, float]:
         """(c0, m); (0, fallback slope or 0) before the first sample."""
@@ -118,7 +127,7 @@ class LinearFit:
 
 
 @dataclass
-class DrafterFit:
+class DrafterFit(_DecayedSums):
     """The drafter's call: y ≈ a·R + b·S seconds for R requests and S = R·k slots (a, b ≥ 0), decayed least squares.
 
     a is what each request costs (its new taps, sampling), b what each drafted slot costs. While k has not varied
@@ -127,17 +136,9 @@ class DrafterFit:
     the cap where it is for good.
     """
 
-    decay: float = FIT_EMA
-    sums: list[float] = field(default_factory=lambda: [0.0] * 5)  # decayed ΣR², ΣRS, ΣS², ΣRy, ΣSy
-
     def add(self, requests: int, slots: int, seconds: float) -> None:
-        keep = 1.0 - self.decay
-        sample = (requests * requests, requests * slots, slots * slots, requests * seconds, slots * seconds)
-        self.sums = [keep * s + v for s, v in zip(self.sums, sample, strict=True)]
-
-    @property
-    def empty(self) -> bool:
-        return self.sums[0] == 0.0
+        # ΣR², ΣRS, ΣS², ΣRy, ΣSy
+        self._add((requests * requests, requests * slots, slots * slots, requests * seconds, slots * seconds))
 
     def coefficients(self) -> tuple[float, float]:
         """(a, b): seconds per request and per slot."""
