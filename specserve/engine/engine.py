@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import secrets
+import statistics
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from specserve.decoding.budget import BudgetPolicy, FixedK
+from specserve.decoding.budget import BudgetPolicy, FixedK, survival
 from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
@@ -349,11 +350,11 @@ class SpecEngine:
 def _mean_survival(confidences: list[torch.Tensor | None], cap: int) -> list[float] | None:
     """Per slot j, the mean over requests of Π_{i≤j} c_i (requests whose drafts reach slot j); None unless some
     request's drafts reach the round's cap (rounds cut short by max_tokens say nothing of the slots past them)."""
-    rows = [torch.cumprod(c.double(), 0) for c in confidences if c is not None and len(c)]
+    rows = [survival(c) for c in confidences if c is not None and len(c)]
     longest = max((len(r) for r in rows), default=0)
     if longest == 0 or longest < cap:
         return None
-    return [float(torch.stack([r[j] for r in rows if len(r) > j]).mean()) for j in range(longest)]
+    return [statistics.fmean(r[j] for r in rows if len(r) > j) for j in range(longest)]
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:
