@@ -187,7 +187,8 @@ class SpecEngine:
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
         fed = [r for r in batch if r.id in self._drafting]
         backlog = sum(r.committed_len - r.drafter_len for r in fed)
-        slots = sum(self._draft_room(r, cap) for r in fed)  # what the drafter is asked for, if it runs
+        # what the drafter is asked for, if it runs (RoundCosts prices its call per slot)
+        slots = sum(self._draft_room(r, cap) for r in fed) if load is not None else 0
         propose_start = time.perf_counter()
         blocks = self._propose(batch, cap) if drafting else [_NO_DRAFT] * len(batch)
         propose_s = time.perf_counter() - propose_start

@@ -172,9 +172,9 @@ class RoundCosts:
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5))
     # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
     propose: DrafterFit = field(default_factory=lambda: DrafterFit(OVERHEAD_EMA))
-    # mean prefix survival a_j (product of confidences up to slot j) over a drafting round's requests, per slot
+    # mean prefix survival a_j (product of confidences up to slot j) over drafting rounds' requests, per slot of the
+    # last such round (a slot it did not draft is dropped: seen again later, it starts afresh, not from a stale value)
     survival: list[float] = field(default_factory=list)
-    _survival_seen: int = 0  # slots of the last round with confidences (later slots of `survival` are stale)
     tau: float | None = None  # tokens committed per request per drafting round
     verified: float | None = None  # draft tokens verified per request per drafting round, plus PADDING_COST per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
@@ -213,9 +213,8 @@ class RoundCosts:
             self.verified = _average(self.verified, (effective - requests) / requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
-            if survival:  # slots not seen in the last rounds start afresh rather than from a stale value
-                del self.survival[self._survival_seen:]
-                self._survival_seen = len(survival)
+            if survival:
+                del self.survival[len(survival):]
                 for j, a in enumerate(survival):
                     if j < len(self.survival):
                         self.survival[j] += EMA * (a - self.survival[j])
@@ -281,7 +280,7 @@ class RoundCosts:
 
     def _fixed_k_rate(self, sps: dict[int, float], requests: int, k: int) -> float:
         """Committed tokens per second drafting and verifying k slots per request: R·(1 + Σ_{j≤k} a_j) per round."""
-        seen = self.survival[: max(1, self._survival_seen)]
+        seen = self.survival
         ratio = min(1.0, seen[-1] / seen[-2]) if len(seen) > 1 and seen[-2] > 0 else seen[-1]
         expected = 1.0 + sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
         return requests * expected / self._round_s(True, sps, requests, requests * (1 + k), k)
