@@ -21,6 +21,8 @@ class LoadReport:
     round_overhead_s: float = 0.0  # seconds a round spends outside the target forward (drafting, scheduling,
     #                                transport), measured by the engine over recent rounds
     verify_scale: float = 1.0  # measured verify time / profiled forward time (sampling, padding, transport per token)
+    padding_cost: float = 0.0  # what a padded slot of a ragged verify costs, as a fraction of a verified token
+    #                            (0: the verifier packs ragged batches; specserve's CPU verifier pads them)
 
     def round_rate(self, tokens: float) -> float:
         """Rounds per second with `tokens` verified per forward: 1 / (overhead + forward time)."""
@@ -113,6 +115,12 @@ class PrefixScheduler:
     keeps it lossless: c_{j+1} depends on the sampled x_j, so looking past a drop would make admitting
     x_j depend on its own value. `early_stop=False` exists only to demonstrate that bias in tests.
     Requests without confidences count with confidence `default_confidence` per slot.
+
+    A verifier that pads a ragged batch to its longest request (`LoadReport.padding_cost` ρ > 0) charges the
+    padding whether or not it holds tokens, so after the early stop each request shorter than the longest
+    is filled towards it, slot by slot, while a slot pays at the cheaper price of turning padding into a
+    token ((1 - ρ) of a verified one), stopping at its first slot that does not. The fill of slot j reads
+    the survival of slots up to j only, and everything Algorithm 1 decided: still lossless.
     """
 
     max_block: int
@@ -127,10 +135,9 @@ class PrefixScheduler:
     def budget(self, proposed, confidences, load):
         if load is None or not load.sps:
             raise ValueError("the prefix scheduler needs the verifier's SPS table (LoadReport.sps)")
-        candidates = []  # (survival, request, position)
-        for r, (n, conf) in enumerate(zip(proposed, confidences, strict=True)):
-            conf = torch.full((n,), self.default_confidence) if conf is None else conf[:n]
-            candidates += [(a, r, j + 1) for j, a in enumerate(survival(conf)) if a > 0]
+        survivals = [survival(torch.full((n,), self.default_confidence) if conf is None else conf[:n])
+                     for n, conf in zip(proposed, confidences, strict=True)]
+        candidates = [(a, r, j + 1) for r, row in enumerate(survivals) for j, a in enumerate(row) if a > 0]
         candidates.sort(key=lambda c: (-c[0], c[1], c[2]))  # ties keep each request's prefix order
         lengths = [0] * len(proposed)
         best_lengths = list(lengths)
@@ -146,7 +153,26 @@ class PrefixScheduler:
                 best, best_lengths = throughput, list(lengths)
             elif self.early_stop:
                 break
+        if load.padding_cost > 0:
+            _fill_padding(best_lengths, survivals, load)
         return best_lengths
+
+
+def _fill_padding(lengths: list[int], survivals: list[list[float]], load: LoadReport) -> None:
+    """Extend each request towards the longest one while a slot's survival pays for turning padding into a
+    token: a / dt > E / t, the round's expected committed tokens over its time (see PrefixScheduler)."""
+    width = max(lengths, default=0)
+    tokens = len(lengths) + sum(lengths)
+    expected = len(lengths) + sum(sum(row[:n]) for row, n in zip(survivals, lengths, strict=True))
+    seconds = 1.0 / load.round_rate(tokens)
+    fill_s = (1.0 - min(load.padding_cost, 1.0)) * max(0.0, 1.0 / load.round_rate(tokens + 1) - seconds)
+    for r, row in enumerate(survivals):
+        for j in range(lengths[r], min(width, len(row))):
+            if row[j] * seconds <= expected * fill_s:
+                break
+            lengths[r] = j + 1
+            expected += row[j]
+            seconds += fill_s
 
 
 def sps_at(table: dict[int, float], tokens: float) -> float:

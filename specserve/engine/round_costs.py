@@ -255,7 +255,7 @@ class RoundCosts:
         c0, m = self.verify.coefficients()
         overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
         return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests, cap) + c0,
-                                   verify_scale=m)
+                                   verify_scale=m, padding_cost=PADDING_COST)
 
     def draft_cap(self, cap: int, sps: dict[int, float] | None = None, requests: int = 0) -> int:
         """Tokens worth drafting per request, at most `cap`.

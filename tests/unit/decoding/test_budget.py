@@ -103,3 +103,40 @@ def test_prefix_scheduler_gives_every_equally_confident_request_its_token():
     sps = {8: 150.0, 16: 100.0}
     budgets = PrefixScheduler(max_block=1).budget([1] * 8, [torch.tensor([0.9])] * 8, LoadReport(sps=sps))
     assert budgets == [1] * 8
+
+
+def test_prefix_scheduler_fills_the_padding_of_a_ragged_batch():
+    """Algorithm 1 stops at row 1's first slot (a full token at SPS(5) does not pay); a verifier that pads to the
+    longest row charges 0.9 of that slot anyway, so it is filled, and so is the next while it pays; a slot with
+    survival 0 stops the fill. Without padding cost (a packing verifier) the budgets are Algorithm 1's."""
+    sps = {2: 1.0, 3: 0.95, 4: 0.9, 5: 0.6, 6: 0.55}
+    policy = PrefixScheduler(max_block=2)
+    conf = [torch.tensor([0.99, 0.99]), torch.tensor([0.8, 0.9])]
+    assert policy.budget([2, 2], conf, LoadReport(sps=sps)) == [2, 0]
+    assert policy.budget([2, 2], conf, LoadReport(sps=sps, padding_cost=0.9)) == [2, 2]
+    stopped = [torch.tensor([0.99, 0.99]), torch.tensor([0.8, 0.0])]
+    assert policy.budget([2, 2], stopped, LoadReport(sps=sps, padding_cost=0.9)) == [2, 1]
+    assert policy.budget([2, 1], conf, LoadReport(sps=sps, padding_cost=0.9)) == [2, 1]  # no more than proposed
+    # padding that costs little leaves row 1's slots as expensive as Algorithm 1 found them
+    assert policy.budget([2, 2], conf, LoadReport(sps=sps, padding_cost=0.1)) == [2, 0]
+
+
+def test_filling_the_padding_is_lossless():
+    """Row 1 is the §7 counterexample (c_2 = 0.9 if the first draft is A, else 0) beside a confident row 0 that
+    makes the batch two slots wide. Its fill reads c_2 only to decide x_2, so P(first token = A) stays 0.7."""
+    gen = torch.Generator().manual_seed(3)
+    p, q = torch.tensor([0.7, 0.3]), torch.tensor([0.5, 0.5])
+    load = LoadReport(sps={2: 1.0, 3: 0.95, 4: 0.9, 5: 0.6, 6: 0.55}, padding_cost=0.9)
+    policy = PrefixScheduler(max_block=2)
+    trials, hits, filled = 6000, 0, 0
+    for _ in range(trials):
+        drafts = torch.multinomial(q.expand(2, 2), 1, generator=gen).squeeze(-1)
+        confidence = torch.tensor([0.8, 0.9 if drafts[0] == 0 else 0.0])
+        n = policy.budget([2, 2], [torch.tensor([0.99, 0.99]), confidence], load)[1]
+        filled += n > 0
+        u = torch.rand(2 * n + 1, generator=gen, dtype=torch.float64)
+        result = rejection_sample(p.expand(1, n + 1, 2), drafts[None, :n], torch.tensor([n]), q.expand(1, n, 2),
+                                  u[None, :n], u[None, n:])
+        hits += int((drafts[0] if result.accepted[0] > 0 else result.next_token[0]) == 0)
+    assert filled == trials  # the fill decided row 1's budget in every trial
+    assert abs(hits / trials - 0.7) < 4 * (0.7 * 0.3 / trials) ** 0.5
