@@ -128,35 +128,51 @@ class LinearFit(_DecayedSums):
 
 @dataclass
 class DrafterFit(_DecayedSums):
-    """The drafter's call: y ≈ a·R + b·S seconds for R requests and S = R·k slots (a, b ≥ 0), decayed least squares.
+    """The drafter's call: y ≈ c + a·R + b·S seconds for R requests and S = R·k slots (c, a, b ≥ 0), decayed least
+    squares.
 
-    a is what each request costs (its new taps, sampling), b what each drafted slot costs. While k has not varied
-    the two cannot be told apart; b is then 0, the optimistic guess (the cap may grow, and the next rounds at the
-    new k separate them), where charging everything to slots would make every longer draft look dear and keep
-    the cap where it is for good.
+    c is what every call costs (the batch's Python and small kernels: ~2.5 ms of the demo DSpark's 4.2 ms at 4
+    requests drafting 2 slots each), a what each request adds (its new taps, sampling), b what each drafted slot
+    adds (~0.1 ms there). Without c, its share went to the slots: b came out at 0.7 ms and the cap stayed short.
+    b is the slope in S of what R does not explain (S varies apart from R only when k varies); while k has not
+    varied it is 0, the optimistic guess (the cap may grow, and the next rounds at the new k measure it), where
+    charging everything to slots would make every longer draft look dear and keep the cap where it is for good.
+    c and a then split the rest as a line in R; while R has not varied the line runs through the origin (the
+    optimistic guess for fewer requests, see `LinearFit`).
     """
 
-    def add(self, requests: int, slots: int, seconds: float) -> None:
-        # ΣR², ΣRS, ΣS², ΣRy, ΣSy
-        self._add((requests * requests, requests * slots, slots * slots, requests * seconds, slots * seconds))
+    sums: list[float] = field(default_factory=lambda: [0.0] * 9)
 
-    def coefficients(self) -> tuple[float, float]:
-        """(a, b): seconds per request and per slot."""
-        rr, rs, ss, ry, sy = self.sums
-        if rr == 0.0:
-            return 0.0, 0.0
-        det = rr * ss - rs * rs
-        if det > 1e-3 * rr * ss:
-            a, b = (ss * ry - rs * sy) / det, (rr * sy - rs * ry) / det
-            if a >= 0.0 and b >= 0.0:
-                return a, b
+    def add(self, requests: int, slots: int, seconds: float) -> None:
+        r, s, y = requests, slots, seconds
+        self._add((1.0, r, s, y, r * r, r * s, s * s, r * y, s * y))  # Σ1, ΣR, ΣS, Σy, ΣR², ΣRS, ΣS², ΣRy, ΣSy
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """(c, a, b): seconds per call, per request and per slot."""
+        n, sr, ss, sy, srr, srs, sss, sry, ssy = self.sums
+        if n == 0.0:
+            return 0.0, 0.0, 0.0
+        mr, ms, my = sr / n, ss / n, sy / n
+        vrr, vrs, vss = srr / n - mr * mr, srs / n - mr * ms, sss / n - ms * ms
+        vry, vsy = sry / n - mr * my, ssy / n - ms * my
+        r_varies = vrr > (0.1 * mr) ** 2
+        vs_r, csy_r = (vss - vrs * vrs / vrr, vsy - vrs * vry / vrr) if r_varies else (vss, vsy)
+        b = max(0.0, csy_r / vs_r) if vs_r > (0.1 * ms) ** 2 else 0.0
+        mz, vrz, srz = my - b * ms, vry - b * vrs, sry - b * srs  # z = y - b·S, the part a line in R explains
+        if r_varies:
+            a = vrz / vrr
+            c = mz - a * mr
             if a < 0.0:
-                return 0.0, max(0.0, sy / ss)
-        return max(0.0, ry / rr), 0.0
+                return max(0.0, mz), 0.0, b
+            if c >= 0.0:
+                return c, a, b
+        return 0.0, max(0.0, srz / srr), b
 
     def __call__(self, requests: int, slots: int) -> float:
-        a, b = self.coefficients()
-        return a * requests + b * slots
+        if self.empty:
+            return 0.0
+        c, a, b = self.coefficients()
+        return c + a * requests + b * slots
 
 
 @dataclass

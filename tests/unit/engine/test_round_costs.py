@@ -156,13 +156,13 @@ def test_padded_slots_count_toward_verified_tokens():
     assert costs.verified == pytest.approx((4 + PADDING_COST * 8) / 4)
 
 
-def train(survival, per_request_s, per_slot_s, lengths=None):
+def train(survival, per_request_s, per_slot_s, lengths=None, per_call_s=0.0):
     """Drafting rounds at 4 and 8 requests drafting each of `lengths` slots (default: all of `survival`)."""
     costs = RoundCosts()
     for _ in range(10):
         for k in lengths or [len(survival)]:
             for requests in (4, 8):
-                propose_s = per_request_s * requests + per_slot_s * requests * k
+                propose_s = per_call_s + per_request_s * requests + per_slot_s * requests * k
                 verify_s = 1 / sps_at(SPS, requests * (1 + k))  # the profiled forward, exactly
                 costs.record(True, 0.001 + propose_s + verify_s, SPS, requests, tokens=requests * (1 + k),
                              committed=requests * 2, longest=2, verify_s=verify_s, propose_s=propose_s,
@@ -179,7 +179,7 @@ def test_the_draft_cap_is_the_fastest_fixed_k_for_the_measured_survival_and_slot
     cheap = train([0.8, 0.6, 0.45], 0.0005, 0.00005, lengths=[1, 2, 3])
     dear = train([0.8, 0.6, 0.45], 0.0005, 0.002, lengths=[1, 2, 3])
     assert dear.draft_cap(7, SPS, 8) < cheap.draft_cap(7, SPS, 8)
-    assert cheap.propose.coefficients() == pytest.approx((0.0005, 0.00005)), "per request and per slot, apart"
+    assert cheap.propose.coefficients() == pytest.approx((0.0, 0.0005, 0.00005)), "per request and per slot, apart"
     assert cheap.overhead_drafting(8) == pytest.approx(0.001), "the drafter's call is not the round's other overhead"
     assert train([0.9], 0.0005, 0.0002).draft_cap(0, SPS, 8) == 0, "a policy that drafts nothing"
     assert cheap.draft_cap(7) == 4, "without an SPS table: two beyond the longest budgets"
@@ -190,12 +190,29 @@ def test_a_cap_learned_at_one_slot_can_grow_back():
     per-slot share is taken as 0, so confident drafts are drafted further, not pinned at one slot for good; a slot
     seen again after a short cap starts from its new survival, not the stale one."""
     costs = train([0.9, 0.9, 0.9], 0.002, 0.0, lengths=[1])
-    assert costs.propose.coefficients() == pytest.approx((0.002, 0.0))
+    assert costs.propose.coefficients() == pytest.approx((0.0, 0.002, 0.0))
     assert costs.draft_cap(7, SPS, 8) > 1
     costs = train([0.1, 0.05, 0.01], 0.0005, 0.0)  # the third slot was nearly never accepted...
     costs.record(True, 0.02, SPS, 8, tokens=16, committed=12, survival=[0.9])
     costs.record(True, 0.02, SPS, 8, tokens=16, committed=12, survival=[0.9, 0.8, 0.7])  # ...now it is
     assert costs.survival[2] == pytest.approx(0.7)
+
+
+def test_the_drafters_cost_per_call_is_not_charged_to_its_slots():
+    """A drafter call costs a fixed part (Python, small kernels) besides its requests and slots. Fitted apart, the
+    slots keep their own small price, and a cost the round pays whatever k is never shortens the cap; charged to
+    slots and requests (no intercept), every slot looked dear and the cap stayed short."""
+    survival = [0.8, 0.6, 0.45]
+    fixed = train(survival, 0.0002, 0.0001, lengths=[1, 2, 3], per_call_s=0.003)
+    assert fixed.propose.coefficients() == pytest.approx((0.003, 0.0002, 0.0001))
+    assert fixed.propose(8, 16) == pytest.approx(0.003 + 8 * 0.0002 + 16 * 0.0001)
+    without = train(survival, 0.0002, 0.0001, lengths=[1, 2, 3])
+    assert fixed.draft_cap(7, SPS, 8) >= without.draft_cap(7, SPS, 8) > 1
+    one_load = RoundCosts()  # one batch size, k varying: the per-slot slope is still measured
+    for k in (1, 2, 3) * 5:
+        one_load.propose.add(4, 4 * k, 0.003 + 4 * k * 0.0001)
+    c, a, b = one_load.propose.coefficients()
+    assert b == pytest.approx(0.0001) and c + 4 * a == pytest.approx(0.003)
 
 
 def test_probe_settings_are_checked():
