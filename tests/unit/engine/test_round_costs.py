@@ -38,7 +38,7 @@ def test_drafts_when_it_pays_and_decodes_plainly_when_it_does_not():
 
 
 def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference():
-    costs = RoundCosts(probe_every=2, max_probe_every=4)
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=1)
     feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
     choices = [costs.should_draft(SPS, 32) for _ in range(16)]
     probes = [i for i, c in enumerate(choices) if c]
@@ -48,6 +48,20 @@ def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference(
     feed(costs, drafting_s=0.004, plain_s=0.020, tau=4.0, verified=3, requests=32, rounds=60)
     choices = [costs.should_draft(SPS, 32) for _ in range(4)]
     assert choices == [True, True, False, True]
+
+
+def test_a_clear_preference_is_probed_less_often():
+    """Drafting predicted far slower than plain decoding (a catch-up round per probe under load): the intervals
+    between probes are clear_probe_factor times longer; close predictions keep the short ones."""
+    clear = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
+    feed(clear, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
+    drafting, plain = clear.rates(SPS, 32)
+    assert plain > 1.1 * drafting
+    probes = [i for i in range(40) if clear.should_draft(SPS, 32)]
+    assert probes == [6, 7, 20, 21, 34, 35], "6 plain rounds (2 x 3), a two-round probe, then 12 (doubled, capped at 4 x 3)"
+    close = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3, clear_gap=10.0)
+    feed(close, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
+    assert [i for i in range(16) if close.should_draft(SPS, 32)] == [2, 3, 8, 9, 14, 15]
 
 
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
@@ -220,3 +234,5 @@ def test_probe_settings_are_checked():
         RoundCosts(drafting_probe=0)
     with pytest.raises(ValueError, match="probe_every"):
         RoundCosts(probe_every=16, max_probe_every=8)
+    with pytest.raises(ValueError, match="clear_probe_factor"):
+        RoundCosts(clear_probe_factor=0)
