@@ -93,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='{"turns": [...]} JSONL; the first turn of every row is sent as a completion prompt')
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="streams per level")
     p.add_argument("--requests-per-stream", type=int, default=2, help="requests each stream sends in turn...")
-    p.add_argument("--min-requests", type=int, default=8, help="...raised at low concurrency to send at least this "
+    p.add_argument("--min-requests", type=int, default=16, help="...raised at low concurrency to send at least this "
                                                                "many requests per level")
     p.add_argument("--repeats", type=int, default=2,
                    help="rounds per concurrency level; each round runs every policy once, interleaved")
