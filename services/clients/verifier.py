@@ -73,6 +73,7 @@ class RemoteVerifier:
             self._replicas.append(_Replica(t, channel, verifier_pb2_grpc.VerifierStub(channel)))
         self._sessions: dict[str, _Session] = {}
         self._sps: dict[int, float] | None = None
+        self._padding_cost = 0.0
         self.info = self._connect(connect_timeout_s)
         self.vocab_size = self.info.vocab_size
         self.max_context = self.info.max_context
@@ -89,6 +90,7 @@ class RemoteVerifier:
                 if self._sps is None:
                     load = rep.stub.GetLoad(verifier_pb2.GetLoadRequest(), timeout=timeout_s)
                     self._sps = {p.tokens: p.steps_per_second for p in load.sps}
+                    self._padding_cost = load.padding_cost
             except grpc.RpcError as exc:
                 log.warning("verifier replica %s unreachable at start-up (%s)", rep.target, exc.code())
                 self._mark_down(rep)
@@ -184,8 +186,9 @@ class RemoteVerifier:
             self._close_on(s.replica, session)
 
     def load(self) -> LoadReport:
-        """The SPS table fetched at start-up and this client's open sessions (no RPC: called every round)."""
-        return LoadReport(sps=dict(self._sps or {}), running=len(self._sessions))
+        """The SPS table and padding cost fetched at start-up and this client's open sessions (no RPC: called every
+        round)."""
+        return LoadReport(sps=dict(self._sps or {}), running=len(self._sessions), padding_cost=self._padding_cost)
 
     # ---- for the gateway ------------------------------------------------------------------------
     def replica_loads(self, timeout_s: float = 1.0) -> dict[str, verifier_pb2.LoadReport | None]:

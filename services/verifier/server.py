@@ -162,7 +162,7 @@ class VerifierServer(ModelServer):
             sps=[verifier_pb2.SpsPoint(tokens=b, steps_per_second=v) for b, v in sorted(self.sps.items())],
             running_sessions=len(self.sessions), queue_depth=max(0, self.queue_depth - 1),
             cached_tokens=sum(self.target.cache.lengths), max_sessions=self.settings.max_sessions,
-            draining=self.draining)
+            draining=self.draining, padding_cost=self.target.padding_cost)
 
     def info(self) -> verifier_pb2.VerifierInfo:
         return verifier_pb2.VerifierInfo(

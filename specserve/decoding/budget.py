@@ -22,7 +22,7 @@ class LoadReport:
     #                                transport), measured by the engine over recent rounds
     verify_scale: float = 1.0  # measured verify time / profiled forward time (sampling, padding, transport per token)
     padding_cost: float = 0.0  # what a padded slot of a ragged verify costs, as a fraction of a verified token
-    #                            (0: the verifier packs ragged batches; specserve's CPU verifier pads them)
+    #                            (0: the verifier packs ragged batches; specserve's pads them: `CausalLM.padding_cost`)
 
     def round_rate(self, tokens: float) -> float:
         """Rounds per second with `tokens` verified per forward: 1 / (overhead + forward time)."""
@@ -117,10 +117,13 @@ class PrefixScheduler:
     Requests without confidences count with confidence `default_confidence` per slot.
 
     A verifier that pads a ragged batch to its longest request (`LoadReport.padding_cost` ρ > 0) charges the
-    padding whether or not it holds tokens, so after the early stop each request shorter than the longest
-    is filled towards it, slot by slot, while a slot pays at the cheaper price of turning padding into a
-    token ((1 - ρ) of a verified one), stopping at its first slot that does not. The fill of slot j reads
-    the survival of slots up to j only, and everything Algorithm 1 decided: still lossless.
+    padding whether or not it holds tokens, so after the early stop the requests shorter than the longest are
+    filled towards it, their slots taken in the same order as Algorithm 1's candidates, while a slot pays at the
+    cheaper price of turning padding into a token ((1 - ρ) of a verified one), up to the first that does not.
+    Lossless for the same reason as the early stop: whether slot j of a request is verified depends on what
+    Algorithm 1 decided (its survivals up to the stopping candidate, before slot j) and on the candidates
+    taken before slot j (its own earlier slots, other requests'), never on a later slot of its own, whose
+    survival reads x_j. Without padding cost (a packing verifier) the budgets are Algorithm 1's.
     """
 
     max_block: int
@@ -159,20 +162,25 @@ class PrefixScheduler:
 
 
 def _fill_padding(lengths: list[int], survivals: list[list[float]], load: LoadReport) -> None:
-    """Extend each request towards the longest one while a slot's survival pays for turning padding into a
-    token: a / dt > E / t, the round's expected committed tokens over its time (see PrefixScheduler)."""
+    """Extend requests towards the longest one, slots in Algorithm 1's order (survival, request, slot), while a slot's
+    survival pays for turning padding into a token, a / dt > E / t (E the round's expected committed tokens, t its
+    time at the verify's effective tokens, a padded slot counting ρ); stop at the first slot that does not pay."""
     width = max(lengths, default=0)
-    tokens = len(lengths) + sum(lengths)
+    if width == 0:
+        return
+    rho = min(load.padding_cost, 1.0)
+    real = len(lengths) + sum(lengths)
+    padded = len(lengths) * width - sum(lengths)
     expected = len(lengths) + sum(sum(row[:n]) for row, n in zip(survivals, lengths, strict=True))
-    seconds = 1.0 / load.round_rate(tokens)
-    fill_s = (1.0 - min(load.padding_cost, 1.0)) * max(0.0, 1.0 / load.round_rate(tokens + 1) - seconds)
-    for r, row in enumerate(survivals):
-        for j in range(lengths[r], min(width, len(row))):
-            if row[j] * seconds <= expected * fill_s:
-                break
-            lengths[r] = j + 1
-            expected += row[j]
-            seconds += fill_s
+    seconds = 1.0 / load.round_rate(real + rho * padded)
+    candidates = sorted(((row[j], r, j + 1) for r, row in enumerate(survivals)
+                         for j in range(lengths[r], min(width, len(row)))), key=lambda c: (-c[0], c[1], c[2]))
+    for a, r, j in candidates:
+        after = 1.0 / load.round_rate(real + 1 + rho * (padded - 1))
+        if not a * seconds > expected * (after - seconds):  # (a NaN survival stops it too)
+            break
+        lengths[r] = j
+        real, padded, expected, seconds = real + 1, padded - 1, expected + a, after
 
 
 def sps_at(table: dict[int, float], tokens: float) -> float:

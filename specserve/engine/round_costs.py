@@ -12,11 +12,12 @@ already run by then: when drafting plus verification yields fewer tokens per sec
   line in the round's requests R: the drafter's work grows with them (a DSpark propose on the demo: 2.8 ms
   at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
   cost measured under load,
-- the drafter's call against the slots it drafts, and the mean prefix survival of each draft slot (the
+- the drafter's call, as a fixed part per call plus parts per request and per drafted slot, and the mean prefix
+  survival of each draft slot (the
   product of calibrated confidences), from which `draft_cap` picks how far to draft: the k a fixed-k
   policy would find fastest,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
-  ragged verify counting PADDING_COST of a token,
+  ragged verify counting the verifier's `LoadReport.padding_cost` of a token,
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
@@ -29,8 +30,9 @@ estimates current it tries the other choice after `probe_every` rounds, and doub
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
 (`clear_gap`) is probed `clear_probe_factor` times less often: under a load where drafting clearly loses,
 probes soon take 2 rounds in 258. The same model prices the budgets of the round (`priced`):
-Algorithm 1 sees the measured cost of a verified token, not the bare forward's (padding included on
-average through the fit; not per candidate, see `PrefixScheduler`). Taking the whole gap
+Algorithm 1 sees the measured cost of a verified token, not the bare forward's (the fit's tokens count each
+padded slot at the verifier's `padding_cost`; the scheduler then fills padding that pays, see
+`PrefixScheduler`). Taking the whole gap
 between a round and its profiled forward as fixed overhead (as before) made every extra token look cheap:
 on the demo at 4 requests the scheduler verified 3.5 ragged tokens per request where 2 uniform ones
 (fixed-2) were 8 % faster.
@@ -41,7 +43,8 @@ after round: counting the first drafting round after 256 plain ones as a typical
 slower than plain decoding on the demo model at temperature 1 (predicted 146 vs 149 tokens/s) while a
 fixed budget drafted at 172 vs 157. A probe of drafting therefore lasts `drafting_probe` rounds, the
 first catching up and the rest measured. Every decision reads finished rounds only, so a round's drafts
-never influence whether they are drafted or verified beyond what Algorithm 1 allows: lossless.
+never influence whether they are drafted or verified beyond what Algorithm 1 and its padding fill allow:
+lossless.
 """
 
 from __future__ import annotations
@@ -59,10 +62,6 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 # ...and in those of τ and verified tokens: one round's τ is noisy (std ~1.5 at τ 2.5), and a low estimate left
 # by a few unlucky rounds is not corrected while the engine decodes plainly, so τ averages over more rounds
 TAU_EMA = 1 / 64
-# a padded slot of a ragged verify, in verified tokens: the linears skip it (specserve.cpu_linear), attention and
-# the sampler do not. Demo target, 4 requests verifying 16 tokens: 11.1 ms as 4+4+4+4, 12.2 ms as 5+4+4+3
-# (padded to 20), 12.7 ms as 7+5+3+1 (padded to 28); the profiled forward is 10.4 ms for 16 tokens, 13.5 for 28
-PADDING_COST = 0.5
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
 
@@ -135,7 +134,8 @@ class DrafterFit(_DecayedSums):
     c is what every call costs (the batch's Python and small kernels: ~2.5 ms of the demo DSpark's 4.2 ms at 4
     requests drafting 2 slots each), a what each request adds (its new taps, sampling), b what each drafted slot
     adds (~0.1 ms there). Without c, its share went to the slots: b came out at 0.7 ms and the cap stayed short.
-    b is the slope in S of what R does not explain (S varies apart from R only when k varies); while k has not
+    b is the slope in S of what R does not explain (S varies apart from R when k varies, or when requests near
+    their end draft fewer slots); while k has not
     varied it is 0, the optimistic guess (the cap may grow, and the next rounds at the new k measure it), where
     charging everything to slots would make every longer draft look dear and keep the cap where it is for good.
     c and a then split the rest as a line in R; while R has not varied the line runs through the origin (the
@@ -167,11 +167,9 @@ class DrafterFit(_DecayedSums):
                 return max(0.0, mz), 0.0, b
             if c >= 0.0:
                 return c, a, b
-        return 0.0, max(0.0, srz / srr), b
+        return 0.0, (max(0.0, srz / srr) if srr > 0.0 else 0.0), b
 
     def __call__(self, requests: int, slots: int) -> float:
-        if self.empty:
-            return 0.0
         c, a, b = self.coefficients()
         return c + a * requests + b * slots
 
@@ -198,7 +196,7 @@ class RoundCosts:
     # last such round (a slot it did not draft is dropped: seen again later, it starts afresh, not from a stale value)
     survival: list[float] = field(default_factory=list)
     tau: float | None = None  # tokens committed per request per drafting round
-    verified: float | None = None  # draft tokens verified per request per drafting round, plus PADDING_COST per pad
+    verified: float | None = None  # draft tokens verified per request per drafting round, plus padding_cost per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
     _preferred: bool | None = None  # the choice the estimates favoured last round
@@ -217,17 +215,17 @@ class RoundCosts:
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
-               padded: int = 0, propose_s: float | None = None, slots: int = 0,
+               padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
                survival: list[float] | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
-        profiled forward; `padded`: padding slots of the verify; `propose_s`: the drafter call's time for `slots`
-        drafted slots; `survival`: the round's mean prefix survival per slot). `steady` False: the drafter also
-        took in a backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still
-        count)."""
+        profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
+        `propose_s`: the drafter call's time for `slots` drafted slots; `survival`: the round's mean prefix
+        survival per slot). `steady` False: the drafter also took in a backlog, so the round's overhead is not
+        typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
-        effective = tokens + PADDING_COST * padded
+        effective = tokens + padding_cost * padded
         forward = 1.0 / sps_at(sps, effective)
         if verify_s is not None:
             self.verify.add(forward, verify_s)
@@ -280,7 +278,7 @@ class RoundCosts:
         c0, m = self.verify.coefficients()
         overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
         return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests, cap) + c0,
-                                   verify_scale=m, padding_cost=PADDING_COST)
+                                   verify_scale=m)
 
     def draft_cap(self, cap: int, sps: dict[int, float] | None = None, requests: int = 0) -> int:
         """Tokens worth drafting per request, at most `cap`.

@@ -163,4 +163,4 @@ class LocalVerifier:
         self.target.close(session)
 
     def load(self) -> LoadReport:
-        return LoadReport(sps=dict(self._sps), running=len(self.target.cache))
+        return LoadReport(sps=dict(self._sps), running=len(self.target.cache), padding_cost=self.target.padding_cost)

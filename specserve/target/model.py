@@ -26,6 +26,11 @@ from specserve.target.kv_cache import SlotKVCache
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 _SUPPORTED_ATTENTION = {"full_attention", "sliding_attention"}
+# What a padded row of a ragged forward costs, in real tokens. The CPU linears skip padded rows (specserve.cpu_linear);
+# attention, norms and the sampler do not. Demo target, 4 sessions verifying 16 tokens: 11.1 ms as 4+4+4+4, 12.2 ms as
+# 5+4+4+3 (padded to 20), 12.7 ms as 7+5+3+1 (padded to 28); the profiled forward is 10.4 ms for 16 tokens, 13.5 for 28.
+# Without them (another device or dtype) a padded row costs what a real one does.
+PADDED_ROW_COST_CPU_LINEARS = 0.5
 
 
 @dataclass
@@ -40,8 +45,9 @@ class CausalLM:
 
     def __init__(self, model: nn.Module, tokenizer=None, max_len: int | None = None, cpu_linears: bool = True):
         self.model = model.eval().requires_grad_(False)
-        if cpu_linears:  # fp32 CPU: few-row products as (W · xᵀ)ᵀ, padded rows skipped (specserve.cpu_linear)
-            use_cpu_linears(self.model)
+        # fp32 CPU: few-row products as (W · xᵀ)ᵀ, padded rows skipped (specserve.cpu_linear)
+        switched = use_cpu_linears(self.model) if cpu_linears else 0
+        self.padding_cost = PADDED_ROW_COST_CPU_LINEARS if switched else 1.0  # a padded row, in real tokens
         use_gqa_sdpa(self.model)  # grouped K/V heads read in place, not copied per query head
         self.tokenizer = tokenizer
         self.config = model.config.get_text_config()

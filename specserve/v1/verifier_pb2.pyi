@@ -98,20 +98,22 @@ class SpsPoint(_message.Message):
     def __init__(self, tokens: _Optional[int] = ..., steps_per_second: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("sps", "running_sessions", "queue_depth", "cached_tokens", "max_sessions", "draining")
+    __slots__ = ("sps", "running_sessions", "queue_depth", "cached_tokens", "max_sessions", "draining", "padding_cost")
     SPS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    PADDING_COST_FIELD_NUMBER: _ClassVar[int]
     sps: _containers.RepeatedCompositeFieldContainer[SpsPoint]
     running_sessions: int
     queue_depth: int
     cached_tokens: int
     max_sessions: int
     draining: bool
-    def __init__(self, sps: _Optional[_Iterable[_Union[SpsPoint, _Mapping]]] = ..., running_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
+    padding_cost: float
+    def __init__(self, sps: _Optional[_Iterable[_Union[SpsPoint, _Mapping]]] = ..., running_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., draining: _Optional[bool] = ..., padding_cost: _Optional[float] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
     __slots__ = ("vocab_size", "max_context", "eos_token_ids", "tap_layers", "model", "dtype")

@@ -104,6 +104,7 @@ def test_load_and_info(start):
     load = stub.GetLoad(verifier_pb2.GetLoadRequest())
     assert {p.tokens: p.steps_per_second for p in load.sps} == SPS
     assert (load.running_sessions, load.cached_tokens, load.max_sessions, load.queue_depth) == (2, 4, 2, 0)
+    assert load.padding_cost == pytest.approx(0.5), "an fp32 CPU target skips padded rows in its linears"
     info = stub.GetInfo(common_pb2.GetInfoRequest())
     assert (info.vocab_size, info.max_context, list(info.tap_layers), info.dtype) == (VOCAB, 512, [1], "float32")
     assert list(info.eos_token_ids) == [VOCAB - 1]

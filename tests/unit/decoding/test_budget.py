@@ -121,22 +121,29 @@ def test_prefix_scheduler_fills_the_padding_of_a_ragged_batch():
     assert policy.budget([2, 2], conf, LoadReport(sps=sps, padding_cost=0.1)) == [2, 0]
 
 
-def test_filling_the_padding_is_lossless():
-    """Row 1 is the §7 counterexample (c_2 = 0.9 if the first draft is A, else 0) beside a confident row 0 that
-    makes the batch two slots wide. Its fill reads c_2 only to decide x_2, so P(first token = A) stays 0.7."""
-    gen = torch.Generator().manual_seed(3)
-    p, q = torch.tensor([0.7, 0.3]), torch.tensor([0.5, 0.5])
-    load = LoadReport(sps={2: 1.0, 3: 0.95, 4: 0.9, 5: 0.6, 6: 0.55}, padding_cost=0.9)
-    policy = PrefixScheduler(max_block=2)
-    trials, hits, filled = 6000, 0, 0
-    for _ in range(trials):
-        drafts = torch.multinomial(q.expand(2, 2), 1, generator=gen).squeeze(-1)
-        confidence = torch.tensor([0.8, 0.9 if drafts[0] == 0 else 0.0])
-        n = policy.budget([2, 2], [torch.tensor([0.99, 0.99]), confidence], load)[1]
-        filled += n > 0
-        u = torch.rand(2 * n + 1, generator=gen, dtype=torch.float64)
-        result = rejection_sample(p.expand(1, n + 1, 2), drafts[None, :n], torch.tensor([n]), q.expand(1, n, 2),
-                                  u[None, :n], u[None, n:])
-        hits += int((drafts[0] if result.accepted[0] > 0 else result.next_token[0]) == 0)
-    assert filled == trials  # the fill decided row 1's budget in every trial
-    assert abs(hits / trials - 0.7) < 4 * (0.7 * 0.3 / trials) ** 0.5
+def stopping_time_violations(policy, instances: int, seed: int) -> int:
+    """Budgets whose decision to verify slot j of a request changes when that request's confidences from slot j+1 on
+    (which read its draft x_j) are replaced: 0 for a lossless policy. Random batches, loads and padding costs."""
+    gen = torch.Generator().manual_seed(seed)
+    violations = 0
+    for _ in range(instances):
+        rows, slots = int(torch.randint(1, 5, (1,), generator=gen)), int(torch.randint(1, 6, (1,), generator=gen))
+        steps = torch.rand(12, generator=gen).cumsum(0)
+        load = LoadReport(sps={b + 1: float(1.0 / (1.0 + steps[b] / 4)) for b in range(12)},
+                          round_overhead_s=float(torch.rand(1, generator=gen)),
+                          padding_cost=float(torch.tensor([0.0, 0.5, 0.9, 1.0])[torch.randint(4, (1,), generator=gen)]))
+        conf = [torch.rand(slots, generator=gen) ** 0.3 for _ in range(rows)]
+        base = policy.budget([slots] * rows, conf, load)
+        for r in range(rows):
+            for j in range(1, slots + 1):
+                changed = [c.clone() for c in conf]
+                changed[r][j:] = torch.rand(slots - j, generator=gen) ** 0.3
+                violations += (policy.budget([slots] * rows, changed, load)[r] >= j) != (base[r] >= j)
+    return violations
+
+
+def test_the_scheduler_decides_each_slot_before_seeing_the_draft_it_verifies():
+    """Lossless needs ℓ_r ≥ j to depend on request r's drafts before x_j only, so on its confidences up to c_j
+    (c_{j+1} reads x_j): the early stop and the padding fill never look further; searching past the drop does."""
+    assert stopping_time_violations(PrefixScheduler(max_block=5), instances=150, seed=3) == 0
+    assert stopping_time_violations(PrefixScheduler(max_block=5, early_stop=False), instances=150, seed=3) > 0

@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.decoding.budget import sps_at
-from specserve.engine.round_costs import PADDING_COST, LinearFit, RoundCosts
+from specserve.engine.round_costs import LinearFit, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
@@ -58,7 +58,7 @@ def test_a_clear_preference_is_probed_less_often():
     drafting, plain = clear.rates(SPS, 32)
     assert plain > 1.1 * drafting
     probes = [i for i in range(40) if clear.should_draft(SPS, 32)]
-    assert probes == [6, 7, 20, 21, 34, 35], "6 plain rounds (2 x 3), a two-round probe, then 12 (doubled, capped at 4 x 3)"
+    assert probes == [6, 7, 20, 21, 34, 35], "6 plain rounds (2 x 3), a probe of 2, then 12 (doubled, capped at 4 x 3)"
     close = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3, clear_gap=10.0)
     feed(close, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
     assert [i for i in range(16) if close.should_draft(SPS, 32)] == [2, 3, 8, 9, 14, 15]
@@ -164,10 +164,11 @@ def test_linear_fit_forgets_old_samples():
 
 
 def test_padded_slots_count_toward_verified_tokens():
-    """A ragged verify pads every request to the longest budget; a padded slot costs PADDING_COST of a token."""
+    """A ragged verify pads every request to the longest budget; a padded slot costs the verifier's padding_cost of a
+    token."""
     costs = RoundCosts()
-    costs.record(True, 0.02, SPS, 4, tokens=8, committed=8, longest=3, padded=8)  # budgets 3, 1, 0, 0
-    assert costs.verified == pytest.approx((4 + PADDING_COST * 8) / 4)
+    costs.record(True, 0.02, SPS, 4, tokens=8, committed=8, longest=3, padded=8, padding_cost=0.5)  # budgets 3,1,0,0
+    assert costs.verified == pytest.approx((4 + 0.5 * 8) / 4)
 
 
 def train(survival, per_request_s, per_slot_s, lengths=None, per_call_s=0.0):

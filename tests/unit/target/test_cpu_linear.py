@@ -89,6 +89,7 @@ def test_target_adapter_switches_its_linears_and_can_opt_out(threads, monkeypatc
     n_linear = sum(type(m) is nn.Linear for m in on.model.modules())
     assert patched(on) == n_linear > 0
     assert patched(off) == 0
+    assert (on.padding_cost, off.padding_cost) == (0.5, 1.0), "padded rows skipped by the linears cost less"
     for lm in (on, off):
         lm.open("s")
     calls = []
