@@ -230,7 +230,7 @@ class SpecEngine:
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
                                padding_cost=load.padding_cost,
-                               propose_s=propose_s if drafted else None, slots=slots, cap=cap,
+                               propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival([None if b.confidence is None else b.confidence[:k]
                                                         for b, k in zip(blocks, proposed, strict=True)], cap))
 

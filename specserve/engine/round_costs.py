@@ -62,8 +62,6 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 # ...and in those of τ and verified tokens: one round's τ is noisy (std ~1.5 at τ 2.5), and a low estimate left
 # by a few unlucky rounds is not corrected while the engine decodes plainly, so τ averages over more rounds
 TAU_EMA = 1 / 64
-# rounds of prior weight that keep `RoundCosts.drafting_bias` near 1 until steady drafting rounds have measured it
-BIAS_PRIOR_ROUNDS = 16
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
 
@@ -201,10 +199,6 @@ class RoundCosts:
     verified: float | None = None  # draft tokens verified per request per drafting round, plus padding_cost per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
-    # committed tokens per second of steady drafting rounds over what the model predicted for them (before learning
-    # from them): what the model does not see (a transport's per-token costs, a host busy with other processes)
-    drafting_bias: float = 1.0
-    _bias_rounds: int = 0
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
@@ -222,22 +216,15 @@ class RoundCosts:
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
                padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
-               survival: list[float] | None = None, cap: int = 0) -> None:
+               survival: list[float] | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
         `propose_s`: the drafter call's time for `slots` drafted slots; `survival`: the round's mean prefix
-        survival per slot; `cap`: the slots it drafted per request). `steady` False: the drafter also took in a
-        backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still count)."""
+        survival per slot). `steady` False: the drafter also took in a backlog, so the round's overhead is not
+        typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
-        if drafted and steady and cap > 0 and wall_s > 0:
-            predicted = self._modelled_drafting_rate(sps, requests, cap)  # what decided this round
-            if predicted:
-                self._bias_rounds += 1
-                ratio = min(4.0, max(0.25, committed / wall_s / predicted))
-                self.drafting_bias = _average(None if self._bias_rounds == 1 else self.drafting_bias, ratio,
-                                              self._bias_rounds, TAU_EMA)
         effective = tokens + padding_cost * padded
         forward = 1.0 / sps_at(sps, effective)
         if verify_s is not None:
@@ -265,26 +252,15 @@ class RoundCosts:
 
     def rates(self, sps: dict[int, float], requests: int, cap: int = 0) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests` (drafting `cap` slots each),
-        once both were measured; drafting scaled by `applied_bias`."""
-        drafting = self._modelled_drafting_rate(sps, requests, cap)
-        if drafting is None or self.overhead_plain.empty:
-            return None
-        return drafting * self.applied_bias, requests / self._round_s(False, sps, requests, requests)
-
-    @property
-    def applied_bias(self) -> float:
-        """`drafting_bias` shrunk towards 1 while few rounds measured it: one round's τ is noisy, and a low early
-        estimate would keep the engine from drafting for a whole probe interval."""
-        weight = self._bias_rounds / (self._bias_rounds + BIAS_PRIOR_ROUNDS)
-        return 1.0 + weight * (self.drafting_bias - 1.0)
-
-    def _modelled_drafting_rate(self, sps: dict[int, float], requests: int, cap: int) -> float | None:
-        if self.overhead_drafting.empty or self.tau is None or not sps or requests == 0:
+        once both were measured."""
+        if self.overhead_drafting.empty or self.overhead_plain.empty or self.tau is None or not sps or requests == 0:
             return None
         if cap > 0 and self._modelled(sps, requests):  # the drafts' own survival at this round's cap
-            return self._fixed_k_rate(sps, requests, cap)
-        # what drafting rounds committed and verified of late
-        return requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
+            drafting = self._fixed_k_rate(sps, requests, cap)
+        else:  # what drafting rounds committed and verified of late
+            drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
+        plain = requests / self._round_s(False, sps, requests, requests)
+        return drafting, plain
 
     def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
         """A round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request and a

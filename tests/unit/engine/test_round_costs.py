@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.decoding.budget import sps_at
-from specserve.engine.round_costs import BIAS_PRIOR_ROUNDS, LinearFit, RoundCosts
+from specserve.engine.round_costs import LinearFit, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
@@ -228,29 +228,6 @@ def test_the_drafters_cost_per_call_is_not_charged_to_its_slots():
         one_load.propose.add(4, 4 * k, 0.003 + 4 * k * 0.0001)
     c, a, b = one_load.propose.coefficients()
     assert b == pytest.approx(0.0001) and c + 4 * a == pytest.approx(0.003)
-
-
-def test_drafting_predictions_follow_what_steady_drafting_rounds_commit():
-    """Drafts more confident than they are accepted (survival 0.9, 0.85, 0.8 predicts 3.55 tokens a request at k=3;
-    the rounds commit 2) make the model draft where it loses: steady drafting rounds scale its predictions by what
-    they measured against what it predicted for them (shrunk towards 1 while few rounds measured it), and plain
-    decoding wins again."""
-    costs = train([0.9, 0.85, 0.8], 0.0005, 0.0002, lengths=[1, 2, 3])
-    for _ in range(5):
-        for requests in (4, 8):
-            forward = 1 / sps_at(SPS, requests)
-            costs.record(False, 0.001 + forward, SPS, requests, tokens=requests, committed=requests, verify_s=forward)
-    drafting, plain = costs.rates(SPS, 8, 3)
-    assert drafting > plain and costs.drafting_bias == 1.0
-    for _ in range(40):
-        propose_s, verify_s = 0.0005 * 8 + 0.0002 * 24, 1 / sps_at(SPS, 32)
-        costs.record(True, 0.001 + propose_s + verify_s, SPS, 8, tokens=32, committed=16, longest=3, verify_s=verify_s,
-                     propose_s=propose_s, slots=24, survival=[0.9, 0.85, 0.8], cap=3)
-    assert costs.drafting_bias == pytest.approx(2 / 3.55, rel=0.02)
-    applied = 1 + 40 / (40 + BIAS_PRIOR_ROUNDS) * (costs.drafting_bias - 1)  # shrunk towards 1 by the prior rounds
-    assert costs.applied_bias == pytest.approx(applied)
-    assert costs.rates(SPS, 8, 3)[0] == pytest.approx(applied * costs._fixed_k_rate(SPS, 8, 3))
-    assert costs.should_draft(SPS, 8, 3) is False
 
 
 def test_probe_settings_are_checked():
