@@ -13,9 +13,8 @@ already run by then: when drafting plus verification yields fewer tokens per sec
   at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
   cost measured under load,
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot, and the mean prefix
-  survival of each draft slot (the
-  product of calibrated confidences), from which `draft_cap` picks how far to draft: the k a fixed-k
-  policy would find fastest,
+  survival of each draft slot (the product of calibrated confidences), from which `draft_cap` picks how far to
+  draft: the k a fixed-k policy would find fastest,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
   ragged verify counting the verifier's `LoadReport.padding_cost` of a token,
 
@@ -135,9 +134,9 @@ class DrafterFit(_DecayedSums):
     requests drafting 2 slots each), a what each request adds (its new taps, sampling), b what each drafted slot
     adds (~0.1 ms there). Without c, its share went to the slots: b came out at 0.7 ms and the cap stayed short.
     b is the slope in S of what R does not explain (S varies apart from R when k varies, or when requests near
-    their end draft fewer slots); while k has not
-    varied it is 0, the optimistic guess (the cap may grow, and the next rounds at the new k measure it), where
-    charging everything to slots would make every longer draft look dear and keep the cap where it is for good.
+    their end draft fewer slots); while k has not varied it is 0, the optimistic guess (the cap may grow, and the
+    next rounds at the new k measure it), where charging everything to slots would make every longer draft look
+    dear and keep the cap where it is for good.
     c and a then split the rest as a line in R; while R has not varied the line runs through the origin (the
     optimistic guess for fewer requests, see `LinearFit`).
     """
