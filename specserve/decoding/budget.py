@@ -141,7 +141,7 @@ class PrefixScheduler:
         survivals = [survival(torch.full((n,), self.default_confidence) if conf is None else conf[:n])
                      for n, conf in zip(proposed, confidences, strict=True)]
         candidates = [(a, r, j + 1) for r, row in enumerate(survivals) for j, a in enumerate(row) if a > 0]
-        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))  # ties keep each request's prefix order
+        candidates.sort(key=_admission_order)
         lengths = [0] * len(proposed)
         best_lengths = list(lengths)
         batch = len(proposed)
@@ -161,6 +161,13 @@ class PrefixScheduler:
         return best_lengths
 
 
+def _admission_order(candidate: tuple[float, int, int]) -> tuple[float, int, int]:
+    """(survival, request, slot) by falling survival; ties keep each request's prefix order. Algorithm 1 and the
+    padding fill both admit slots in this order, which is what keeps each slot's admission blind to later drafts."""
+    a, r, j = candidate
+    return -a, r, j
+
+
 def _fill_padding(lengths: list[int], survivals: list[list[float]], load: LoadReport) -> None:
     """Extend requests towards the longest one, slots in Algorithm 1's order (survival, request, slot), while a slot's
     survival pays for turning padding into a token, a / dt > E / t (E the round's expected committed tokens, t its
@@ -174,7 +181,7 @@ def _fill_padding(lengths: list[int], survivals: list[list[float]], load: LoadRe
     expected = len(lengths) + sum(sum(row[:n]) for row, n in zip(survivals, lengths, strict=True))
     seconds = 1.0 / load.round_rate(real + rho * padded)
     candidates = sorted(((row[j], r, j + 1) for r, row in enumerate(survivals)
-                         for j in range(lengths[r], min(width, len(row)))), key=lambda c: (-c[0], c[1], c[2]))
+                         for j in range(lengths[r], min(width, len(row)))), key=_admission_order)
     for a, r, j in candidates:
         after = 1.0 / load.round_rate(real + 1 + rho * (padded - 1))
         if not a * seconds > expected * (after - seconds):  # (a NaN survival stops it too)
