@@ -95,13 +95,35 @@ class LinearFit(_DecayedSums):
     through the origin (y ∝ x). That fallback is optimistic for a cost measured at large x only (a drafting round
     seen under load, whose cost is mostly per request): at a small x it predicts a cheap round, so the engine
     tries one and measures it, where a pessimistic estimate would never be tested again.
+
+    With `keep_slope`, a slope once measured replaces the fallback. The verify's slope is the verifier's cost per
+    token (transport, sampling) and is measured by the few drafting rounds a probe brings between long plain
+    stretches; those decay away while x stays at the plain rounds' size. Falling back to the bare forward's slope
+    then (the demo over gRPC at 8 requests: 1.0 where the drafting rounds had measured 1.5) priced drafting 10 %
+    too cheap, and probes kept coming at the short interval of an unclear preference.
     """
 
     fallback_slope: float | None = None
     min_slope: float = 0.0  # a fitted slope below this (noise) is raised to it
+    # with a fallback slope: once x has varied, the slope it measured then stands in for the fallback while x stays put
+    keep_slope: bool = False
+    _kept: float | None = None
 
     def add(self, x: float, y: float) -> None:
         self._add((1.0, x, y, x * x, x * y))  # Σ1, Σx, Σy, Σx², Σxy
+        if self.keep_slope:
+            slope = self._fitted_slope()
+            if slope is not None:
+                self._kept = slope
+
+    def _fitted_slope(self) -> float | None:
+        """The least-squares slope, None unless x varies by more than a tenth of its mean."""
+        n, sx, sy, sxx, sxy = self.sums
+        if n == 0.0:
+            return None
+        mx, my = sx / n, sy / n
+        var = sxx / n - mx * mx
+        return max(self.min_slope, (sxy / n - mx * my) / var) if var > (0.1 * mx) ** 2 else None
 
     def coefficients(self) -> tuple[float, float]:
         """(c0, m); (0, fallback slope or 0) before the first sample."""
@@ -109,13 +131,11 @@ class LinearFit(_DecayedSums):
         if n == 0.0:
             return 0.0, self.fallback_slope or 0.0
         mx, my = sx / n, sy / n
-        var = sxx / n - mx * mx
-        if var > (0.1 * mx) ** 2:
-            slope = max(self.min_slope, (sxy / n - mx * my) / var)
-        elif self.fallback_slope is None:
+        slope = self._fitted_slope()
+        if slope is None and self.fallback_slope is None:
             return 0.0, (my / mx if mx > 0 else 0.0)
-        else:
-            slope = self.fallback_slope
+        if slope is None:
+            slope = self.fallback_slope if self._kept is None else self._kept
         if my - slope * mx < 0.0:  # a cost is never negative, even where nothing was measured: through the origin
             return 0.0, (max(self.min_slope, sxy / sxx) if sxx > 0 else 0.0)
         return my - slope * mx, slope
@@ -188,7 +208,8 @@ class RoundCosts:
     overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
     # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
-    verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5))
+    verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
+                                                                keep_slope=True))
     # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
     propose: DrafterFit = field(default_factory=lambda: DrafterFit(OVERHEAD_EMA))
     # mean prefix survival a_j (product of confidences up to slot j) over drafting rounds' requests, per slot of the

@@ -163,6 +163,22 @@ def test_linear_fit_forgets_old_samples():
     assert fit(4.0) == pytest.approx(1.0, abs=1e-6), "the old samples weigh nothing any more"
 
 
+def test_the_verify_fit_keeps_its_measured_slope_through_a_plain_stretch():
+    """A probe's drafting rounds measure what a verified token costs beyond the profiled forward (here 1.5 of it);
+    in the plain stretch after the probe those rounds decay away and x stops varying. The fit then keeps the slope
+    it measured, not the bare forward's, so a drafting round is not priced too cheap."""
+    kept, bare = LinearFit(decay=0.1, fallback_slope=1.0, keep_slope=True), LinearFit(decay=0.1, fallback_slope=1.0)
+    for fit in (kept, bare):
+        for x in (0.006, 0.010) * 10:  # plain (forward 6 ms) and drafting rounds (10 ms): verify = 2 ms + 1.5·forward
+            fit.add(x, 0.002 + 1.5 * x)
+        assert fit.coefficients() == pytest.approx((0.002, 1.5))
+        for _ in range(200):  # a plain stretch
+            fit.add(0.006, 0.011)
+    assert kept(0.010) == pytest.approx(0.017), "a drafting-sized verify keeps its measured cost"
+    assert kept(0.006) == pytest.approx(0.011) and bare(0.006) == pytest.approx(0.011)
+    assert bare(0.010) == pytest.approx(0.015), "without it: the forward's slope, 2 ms too cheap"
+
+
 def test_padded_slots_count_toward_verified_tokens():
     """A ragged verify pads every request to the longest budget; a padded slot costs the verifier's padding_cost of a
     token."""
