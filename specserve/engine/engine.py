@@ -3,6 +3,10 @@
 Every `step` admits waiting requests (one batched prefill), then runs one round for the whole running
 batch: propose -> budget policy -> verify -> commit and stream. Requests join and leave between
 rounds. Any thread may add or abort requests: those calls only enqueue, and `step` applies them.
+
+A request's drafter session is opened at its first drafting round, not at admission: its first token
+streams without waiting on the drafter, and under a load where the engine decodes plainly, a request
+that never drafts costs the drafter nothing (over gRPC the prompt's taps would cross the wire for it).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class SpecEngine:
         self.running: list[Request] = []
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._detok: dict[str, IncrementalDetokenizer] = {}
-        self._drafting: set[str] = set()  # requests whose drafter session is healthy
+        self._drafting: set[str] = set()  # requests that draft: their drafter session is open or opens on demand
         self._live_ids: set[str] = set()  # ids added and not yet finished (add_request may run on any thread)
         # called after every successful verify with (requests, results): metrics, tracing
         self.verify_observers: list[Callable[[list[VerifyRequest], list[VerifyResult]], None]] = []
@@ -159,17 +163,24 @@ class SpecEngine:
             self.running.append(r)
             if self.tokenizer is not None:
                 self._detok[r.id] = IncrementalDetokenizer(self.tokenizer, r.params.stop)
-            self._open_drafter(r, res.token, res.taps)
+            if self.drafter is not None and self.policy.max_draft > 0:
+                self._drafting.add(r.id)
+                r.prompt_taps = res.taps  # the drafter takes them in at the request's first drafting round
             self._commit(r, [res.token], outputs)
 
-    def _open_drafter(self, r: Request, first_token: int, taps: torch.Tensor | None) -> None:
-        if self.drafter is None or self.policy.max_draft == 0:
-            return
+    def _open_drafter(self, r: Request) -> bool:
+        """Open the request's drafter session with its prompt, its first token and the prompt's taps (the
+        tokens committed since reach the drafter with the next propose); False when the drafter refused."""
+        if r.drafter_open:
+            return True
         try:
-            self.drafter.open(r.id, [*r.prompt_ids, first_token], taps)
-            self._drafting.add(r.id)
+            self.drafter.open(r.id, [*r.prompt_ids, r.output_ids[0]], r.prompt_taps)
         except Exception:
             log.exception("drafter open failed for %s; it decodes without drafts", r.id)
+            self._drop_drafter(r)
+            return False
+        r.drafter_open, r.prompt_taps = True, None
+        return True
 
     def _round(self, outputs: list[RequestOutput]) -> None:
         start = time.perf_counter()
@@ -237,6 +248,9 @@ class SpecEngine:
     def _propose(self, batch: list[Request], cap: int) -> list[DraftBlock]:
         asked = [r for r in batch if r.id in self._drafting]
         if cap == 0 or not asked:
+            return [_NO_DRAFT] * len(batch)
+        asked = [r for r in asked if self._open_drafter(r)]
+        if not asked:
             return [_NO_DRAFT] * len(batch)
         items = [DraftRequest(session=r.id, new_ids=r.unsent_ids, committed_len=r.committed_len,
                               max_tokens=self._draft_room(r, cap), sampling=r.params,
@@ -336,7 +350,9 @@ class SpecEngine:
     def _drop_drafter(self, r: Request) -> None:
         if r.id in self._drafting:
             self._drafting.discard(r.id)
-            r.unsent_ids, r.unsent_taps = [], []
+            r.unsent_ids, r.unsent_taps, r.prompt_taps = [], [], None
+        if r.drafter_open:
+            r.drafter_open = False
             try:
                 self.drafter.close(r.id)
             except Exception:

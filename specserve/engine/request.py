@@ -103,6 +103,8 @@ class Request:
     unsent_ids: list[int] = field(default_factory=list)
     unsent_taps: list[torch.Tensor] = field(default_factory=list)
     drafter_len: int = 0  # committed_len when the drafter last ran for this request (0: never)
+    prompt_taps: torch.Tensor | None = None  # the prefill's taps, until the drafter session opens with them
+    drafter_open: bool = False  # its drafter session is open (from its first drafting round to its end)
 
     @property
     def committed_len(self) -> int:

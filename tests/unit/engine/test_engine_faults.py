@@ -71,6 +71,27 @@ def test_new_requests_use_the_drafter_again(model, reference):
     assert any(r.stats.accepted > 0 for r in later)
 
 
+class RefusingDrafter(NgramDrafter):
+    """Refuses to open a session for one prompt (an injected fault: a healthy drafter opens every session)."""
+
+    def __init__(self, refused_prompt):
+        super().__init__(max_block=4)
+        self.refused_prompt = refused_prompt
+
+    def open(self, session, token_ids, taps=None):
+        if token_ids[:len(self.refused_prompt)] == self.refused_prompt:
+            raise RuntimeError("out of session memory")
+        super().open(session, token_ids, taps)
+
+
+def test_a_drafter_that_refuses_to_open_a_session_leaves_that_request_decoding_plainly(model, reference):
+    engine = SpecEngine(LocalVerifier(CausalLM(model)), RefusingDrafter(PROMPTS[1]))
+    requests = engine.generate(PROMPTS, PARAMS)
+    assert [r.output_ids for r in requests] == reference
+    assert all(r.stats.verified == 0 for r in requests[1:2]), "never drafted"
+    assert all(r.stats.accepted > 0 for r in requests[::2]), "the others draft"
+
+
 class OneBadItemVerifier(LocalVerifier):
     """Reports a per-item error for one session at its `fail_round`-th verify (an injected fault: a healthy
     in-process verifier has no per-item failures; remote replicas do)."""

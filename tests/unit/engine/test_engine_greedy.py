@@ -106,6 +106,49 @@ def test_prefix_scheduler_measures_round_overhead_and_stays_exact():
     assert sum(r.stats.verified for r in requests) > 0, "the scheduler verified drafts"
 
 
+class SessionLog(NgramDrafter):
+    """Prompt lookup that records which sessions it opened (and with how many tokens) and closed."""
+
+    def __init__(self):
+        super().__init__(max_block=4)
+        self.opened: dict[str, int] = {}
+        self.closed: list[str] = []
+
+    def open(self, session, token_ids, taps=None):
+        self.opened[session] = len(token_ids)
+        super().open(session, token_ids, taps)
+
+    def close(self, session):
+        self.closed.append(session)
+        super().close(session)
+
+
+def test_a_drafter_session_opens_at_the_requests_first_drafting_round():
+    """The load-aware engine decodes its first round plainly (it measures a plain round first). No drafter session
+    is open by then: the first tokens streamed without one. The sessions open at the first drafting round with
+    prompt + first token and take in the plain round's token with that round's propose; the output stays the
+    target's greedy decoding. A request finished at admission never opens one."""
+    from specserve.decoding.budget import PrefixScheduler
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    drafter = SessionLog()
+    engine = SpecEngine(LocalVerifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), drafter,
+                        PrefixScheduler(max_block=4), max_batch=8)
+    requests = [engine.add_request(p, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True)) for p in PROMPTS]
+    engine.step()
+    assert [len(r.output_ids) for r in requests] == [2] * len(PROMPTS), "admission and one plain round"
+    assert drafter.opened == {}, "no drafter session before a drafting round"
+    while engine.has_unfinished():
+        engine.step()
+    assert [r.output_ids for r in requests] == refs
+    assert drafter.opened == {r.id: len(r.prompt_ids) + 1 for r in requests}
+    assert sorted(drafter.closed) == sorted(r.id for r in requests)
+    assert sum(r.stats.accepted for r in requests) > 0, "the sessions opened late draft"
+    done = engine.generate([PROMPTS[0]], SamplingParams(max_tokens=1))[0]
+    assert len(done.output_ids) == 1 and done.id not in drafter.opened and done.id not in drafter.closed
+
+
 def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     """With the prefix scheduler the engine (1) does not price drafting from rounds in which the drafter takes in a
     backlog (the prompts; rounds decoded without it), and (2) asks the drafter for at most two tokens beyond the
