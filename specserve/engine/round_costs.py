@@ -27,8 +27,9 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
-(`clear_gap`) is probed `clear_probe_factor` times less often: under a load where drafting clearly loses,
-probes soon take 2 rounds in 258. The same model prices the budgets of the round (`priced`):
+(`clear_gap`), at a load both choices were measured at, is probed `clear_probe_factor` times less often:
+under a load where drafting clearly loses, probes soon take 2 rounds in 258. The same model prices the
+budgets of the round (`priced`):
 Algorithm 1 sees the measured cost of a verified token, not the bare forward's (the fit's tokens count each
 padded slot at the verifier's `padding_cost`; the scheduler then fills padding that pays, see
 `PrefixScheduler`). Taking the whole gap
@@ -201,6 +202,11 @@ class RoundCosts:
     # a choice predicted `clear_gap` faster than the other is probed `clear_probe_factor` times less often (both
     # intervals): under load a probe of drafting costs a catch-up round, and probes at 8, 16, 32... rounds cost the
     # demo at 32 greedy requests 7 % of its plain throughput where drafting was predicted 15 % slower
+    # A preference is clear only at a load both choices were measured at, and the other choice is probed after
+    # `probe_every` rounds at a load it was never measured at: a cost extrapolated past its measured requests is a
+    # guess (a plain round's overhead measured at 2 requests, taken as proportional, priced plain decoding at 8
+    # requests 30-60 % too slow over gRPC, and the engine kept the interval it had grown at 2 and drafted at a loss
+    # for 50 rounds).
     clear_gap: float = 0.10
     clear_probe_factor: int = 4
     # seconds a round spends outside the verify call, against the requests of the round: drafting / plain rounds
@@ -224,6 +230,8 @@ class RoundCosts:
     _streak: int = 0  # rounds of the preferred choice since the last probe
     _probe_left: int = 0  # rounds of the running probe still to come
     _probed: bool = False  # a probe ended with the last round
+    # (fewest, most) requests of the priced rounds of each kind (keyed by `drafted`): where its costs were measured
+    _measured: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.clear_gap < 0 or self.clear_probe_factor < 1:
@@ -264,6 +272,8 @@ class RoundCosts:
                     else:
                         self.survival.append(a)
         if steady or not drafted:
+            low, high = self._measured.get(drafted, (requests, requests))
+            self._measured[drafted] = (min(low, requests), max(high, requests))
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
                 self.propose.add(requests, slots, propose_s)
@@ -344,7 +354,8 @@ class RoundCosts:
             return not self._preferred
         drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
-        clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain)
+        clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) \
+            and all(low <= requests <= high for low, high in self._measured.values())
         factor = self.clear_probe_factor if clear else 1
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every * factor, 0
@@ -354,7 +365,9 @@ class RoundCosts:
                       1e3 * self.overhead_drafting(requests), plain, 1e3 * self.overhead_plain(requests))
         elif self._probed:
             self._interval *= 2
-        self._interval = min(self._interval, self.max_probe_every * factor)
+        low, high = self._measured.get(not preferred, (0, 0))
+        unmeasured = not low <= requests <= high  # the other choice was never priced at this load: probe it soon
+        self._interval = min(self._interval, self.probe_every if unmeasured else self.max_probe_every * factor)
         self._preferred, self._probed = preferred, False
         if self._streak >= self._interval:
             self._streak = 0

@@ -64,6 +64,23 @@ def test_a_clear_preference_is_probed_less_often():
     assert [i for i in range(16) if close.should_draft(SPS, 32)] == [2, 3, 8, 9, 14, 15]
 
 
+def test_a_preference_is_clear_only_at_a_load_both_choices_were_measured_at():
+    """Measured at 2 requests only, both costs are extrapolated to 8: however far apart the predictions, the other
+    choice is probed within probe_every rounds (whatever interval the engine had grown at 2 requests) until a round
+    at 8 requests has been measured."""
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
+    feed(costs, drafting_s=0.004, plain_s=0.010, tau=2.5, verified=3, requests=2)
+    assert [i for i in range(40) if not costs.should_draft(SPS, 2)] == [6, 19, 32], "clear at 2: 12-round intervals"
+    drafting, plain = costs.rates(SPS, 8)
+    assert drafting > 1.1 * plain
+    assert [i for i in range(6) if not costs.should_draft(SPS, 8)] == [0, 3], "at 8: plain probed every 2 rounds"
+    costs.record(False, 0.010, SPS, 8, tokens=8, committed=8)
+    costs.record(True, 0.016, SPS, 8, tokens=32, committed=20)
+    assert costs.rates(SPS, 8)[0] > 1.1 * costs.rates(SPS, 8)[1]
+    assert [i for i in range(30) if not costs.should_draft(SPS, 8)] == [0, 5, 14, 27], \
+        "measured at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
+
+
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
     """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
     mean (3.25), not a small step away from 1."""
