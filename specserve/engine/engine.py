@@ -68,6 +68,7 @@ class SpecEngine:
         self._ids_lock = threading.Lock()
         # a load-aware policy also learns what rounds cost here, and whether drafting pays at all
         self._costs = RoundCosts() if self.policy.needs_load else None
+        self._opening_s = 0.0  # this round's time in Drafter.open: a new prompt's intake, not the round's cost
 
     # ---- requests in ----------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
@@ -173,17 +174,21 @@ class SpecEngine:
         tokens committed since reach the drafter with the next propose); False when the drafter refused."""
         if r.drafter_open:
             return True
+        start = time.perf_counter()
         try:
             self.drafter.open(r.id, [*r.prompt_ids, r.output_ids[0]], r.prompt_taps)
         except Exception:
             log.exception("drafter open failed for %s; it decodes without drafts", r.id)
             self._drop_drafter(r)
             return False
+        finally:
+            self._opening_s += time.perf_counter() - start
         r.drafter_open, r.prompt_taps = True, None
         return True
 
     def _round(self, outputs: list[RequestOutput]) -> None:
         start = time.perf_counter()
+        self._opening_s = 0.0
         batch = list(self.running)
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
         load = None
@@ -202,7 +207,7 @@ class SpecEngine:
         slots = sum(self._draft_room(r, cap) for r in fed) if load is not None else 0
         propose_start = time.perf_counter()
         blocks = self._propose(batch, cap) if drafting else [_NO_DRAFT] * len(batch)
-        propose_s = time.perf_counter() - propose_start
+        propose_s = time.perf_counter() - propose_start - self._opening_s
         drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
         budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load)
@@ -236,7 +241,7 @@ class SpecEngine:
                     r.unsent_taps.append(res.taps)  # joined once, when the drafter next runs
             self._commit(r, res.tokens, outputs)
         if load is not None:
-            self._costs.record(drafted, time.perf_counter() - start, load.sps, len(batch),
+            self._costs.record(drafted, time.perf_counter() - start - self._opening_s, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),

@@ -230,7 +230,8 @@ class RoundCosts:
     _streak: int = 0  # rounds of the preferred choice since the last probe
     _probe_left: int = 0  # rounds of the running probe still to come
     _probed: bool = False  # a probe ended with the last round
-    # (fewest, most) requests of the priced rounds of each kind (keyed by `drafted`): where its costs were measured
+    # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
+    # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
     _measured: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -271,9 +272,9 @@ class RoundCosts:
                         self.survival[j] += EMA * (a - self.survival[j])
                     else:
                         self.survival.append(a)
+        low, high = self._measured.get(drafted, (requests, requests))
+        self._measured[drafted] = (min(low, requests), max(high, requests))
         if steady or not drafted:
-            low, high = self._measured.get(drafted, (requests, requests))
-            self._measured[drafted] = (min(low, requests), max(high, requests))
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
                 self.propose.add(requests, slots, propose_s)

@@ -149,6 +149,28 @@ def test_a_drafter_session_opens_at_the_requests_first_drafting_round():
     assert len(done.output_ids) == 1 and done.id not in drafter.opened and done.id not in drafter.closed
 
 
+def test_opening_a_drafter_session_is_not_priced_as_drafting():
+    """A session opens inside a round (its first drafting round), but taking in a prompt is admission work: were
+    its time charged to the drafter's call, every round with a new arrival would make drafting look dearer (the
+    demo at 8 requests, T=1: the engine drafted less and fell 10 % behind fixed-2)."""
+    import time
+
+    from specserve.decoding.budget import PrefixScheduler
+
+    class SlowOpen(NgramDrafter):
+        def open(self, session, token_ids, taps=None):
+            time.sleep(0.05)
+            super().open(session, token_ids, taps)
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    engine = SpecEngine(LocalVerifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), SlowOpen(max_block=4),
+                        PrefixScheduler(max_block=4), max_batch=8)
+    requests = engine.generate(PROMPTS[:2], SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == greedy_reference(model, PROMPTS[:2], MAX_NEW)
+    assert not engine._costs.propose.empty
+    assert engine._costs.propose(2, 8) < 0.02 and engine._costs.overhead_drafting(2) < 0.02
+
+
 def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     """With the prefix scheduler the engine (1) does not price drafting from rounds in which the drafter takes in a
     backlog (the prompts; rounds decoded without it), and (2) asks the drafter for at most two tokens beyond the

@@ -75,7 +75,7 @@ def test_a_preference_is_clear_only_at_a_load_both_choices_were_measured_at():
     assert drafting > 1.1 * plain
     assert [i for i in range(6) if not costs.should_draft(SPS, 8)] == [0, 3], "at 8: plain probed every 2 rounds"
     costs.record(False, 0.010, SPS, 8, tokens=8, committed=8)
-    costs.record(True, 0.016, SPS, 8, tokens=32, committed=20)
+    costs.record(True, 0.030, SPS, 8, tokens=32, committed=20, steady=False)  # a catch-up round counts as tried
     assert costs.rates(SPS, 8)[0] > 1.1 * costs.rates(SPS, 8)[1]
     assert [i for i in range(30) if not costs.should_draft(SPS, 8)] == [0, 5, 14, 27], \
         "measured at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
