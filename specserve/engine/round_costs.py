@@ -202,8 +202,8 @@ class RoundCosts:
     # a choice predicted `clear_gap` faster than the other is probed `clear_probe_factor` times less often (both
     # intervals): under load a probe of drafting costs a catch-up round, and probes at 8, 16, 32... rounds cost the
     # demo at 32 greedy requests 7 % of its plain throughput where drafting was predicted 15 % slower
-    # A preference is clear only at a load both choices were measured at, and the other choice is probed after
-    # `probe_every` rounds at a load it was never measured at: a cost extrapolated past its measured requests is a
+    # A preference is clear only at a load both choices were tried at, and the other choice is probed after
+    # `probe_every` rounds at a load it was never tried at: a cost extrapolated past its measured requests is a
     # guess (a plain round's overhead measured at 2 requests, taken as proportional, priced plain decoding at 8
     # requests 30-60 % too slow over gRPC, and the engine kept the interval it had grown at 2 and drafted at a loss
     # for 50 rounds).
