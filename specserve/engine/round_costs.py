@@ -27,7 +27,7 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
-(`clear_gap`), at a load both choices were measured at, is probed `clear_probe_factor` times less often:
+(`clear_gap`), at a load both choices were tried at, is probed `clear_probe_factor` times less often:
 under a load where drafting clearly loses, probes soon take 2 rounds in 258. The same model prices the
 budgets of the round (`priced`):
 Algorithm 1 sees the measured cost of a verified token, not the bare forward's (the fit's tokens count each
@@ -232,7 +232,7 @@ class RoundCosts:
     _probed: bool = False  # a probe ended with the last round
     # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
     # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
-    _measured: dict[bool, tuple[int, int]] = field(default_factory=dict)
+    _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.clear_gap < 0 or self.clear_probe_factor < 1:
@@ -272,8 +272,8 @@ class RoundCosts:
                         self.survival[j] += EMA * (a - self.survival[j])
                     else:
                         self.survival.append(a)
-        low, high = self._measured.get(drafted, (requests, requests))
-        self._measured[drafted] = (min(low, requests), max(high, requests))
+        low, high = self._tried.get(drafted, (requests, requests))
+        self._tried[drafted] = (min(low, requests), max(high, requests))
         if steady or not drafted:
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
@@ -355,8 +355,8 @@ class RoundCosts:
             return not self._preferred
         drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
-        clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) \
-            and all(low <= requests <= high for low, high in self._measured.values())
+        tried = {kind: low <= requests <= high for kind, (low, high) in self._tried.items()}  # both kinds: rates
+        clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every * factor, 0
@@ -366,9 +366,9 @@ class RoundCosts:
                       1e3 * self.overhead_drafting(requests), plain, 1e3 * self.overhead_plain(requests))
         elif self._probed:
             self._interval *= 2
-        low, high = self._measured.get(not preferred, (0, 0))
-        unmeasured = not low <= requests <= high  # the other choice was never priced at this load: probe it soon
-        self._interval = min(self._interval, self.probe_every if unmeasured else self.max_probe_every * factor)
+        # the other choice never tried at this load: its cost here is an extrapolation, probe it soon
+        limit = self.max_probe_every * factor if tried[not preferred] else self.probe_every
+        self._interval = min(self._interval, limit)
         self._preferred, self._probed = preferred, False
         if self._streak >= self._interval:
             self._streak = 0

@@ -64,7 +64,7 @@ def test_a_clear_preference_is_probed_less_often():
     assert [i for i in range(16) if close.should_draft(SPS, 32)] == [2, 3, 8, 9, 14, 15]
 
 
-def test_a_preference_is_clear_only_at_a_load_both_choices_were_measured_at():
+def test_a_preference_is_clear_only_at_a_load_both_choices_were_tried_at():
     """Measured at 2 requests only, both costs are extrapolated to 8: however far apart the predictions, the other
     choice is probed within probe_every rounds (whatever interval the engine had grown at 2 requests) until a round
     at 8 requests has been measured."""
