@@ -202,8 +202,6 @@ class RoundCosts:
     # a choice predicted `clear_gap` faster than the other is probed `clear_probe_factor` times less often (both
     # intervals): under load a probe of drafting costs a catch-up round, and probes at 8, 16, 32... rounds cost the
     # demo at 32 greedy requests 7 % of its plain throughput where drafting was predicted 15 % slower
-    # Once clear, a preference stays clear while its lead exceeds half of `clear_gap`: predictions hovering about
-    # the gap (gRPC, 32 greedy requests: 0.89-0.92 of plain) otherwise capped the interval at max_probe_every.
     # A preference is clear only at a load both choices were tried at, and the other choice is probed after
     # `probe_every` rounds at a load it was never tried at: a cost extrapolated past its measured requests is a
     # guess (a plain round's overhead measured at 2 requests, taken as proportional, priced plain decoding at 8
@@ -232,7 +230,6 @@ class RoundCosts:
     _streak: int = 0  # rounds of the preferred choice since the last probe
     _probe_left: int = 0  # rounds of the running probe still to come
     _probed: bool = False  # a probe ended with the last round
-    _clear: bool = False  # the last decision's preference was clear (it stays so down to half of `clear_gap`)
     # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
     # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
     _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
@@ -359,8 +356,7 @@ class RoundCosts:
         drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
         tried = {kind: low <= requests <= high for kind, (low, high) in self._tried.items()}  # both kinds: rates
-        gap = self.clear_gap / 2 if self._clear and preferred == self._preferred else self.clear_gap
-        clear = self._clear = max(drafting, plain) >= (1.0 + gap) * min(drafting, plain) and all(tried.values())
+        clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1
         if preferred != self._preferred:
             self._interval, self._streak = self.probe_every * factor, 0

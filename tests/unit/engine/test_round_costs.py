@@ -81,25 +81,6 @@ def test_a_preference_is_clear_only_at_a_load_both_choices_were_tried_at():
         "measured at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
 
 
-def test_a_clear_preference_stays_clear_while_its_lead_hovers_about_the_gap():
-    """Predictions alternating between 12 % and 8 % apart (scripted over the measured rates: costs measured to
-    alternate exactly so would take hundreds of records): once clear, the preference stays clear down to half the
-    gap, so the intervals keep growing past max_probe_every; without that, every 8 % decision capped them again."""
-    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
-    feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
-    rates = costs.rates
-
-    def hovering(sps, requests, cap=0):
-        plain = rates(sps, requests, cap)[1]
-        hovering.lead = 1.08 if hovering.lead == 1.12 else 1.12
-        return plain / hovering.lead, plain
-
-    hovering.lead = 1.08
-    costs.rates = hovering
-    probes = [i for i in range(60) if costs.should_draft(SPS, 32)]
-    assert probes == [6, 7, 20, 21, 34, 35, 48, 49], "12-round intervals (4 x 3), not 4"
-
-
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
     """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
     mean (3.25), not a small step away from 1."""
