@@ -217,6 +217,66 @@ def _add_serve(sub) -> None:
     drafter.set_defaults(func=cmd_serve_drafter)
 
 
+_TRAINER_FIELDS = ("host", "port", "state_dir", "database_url", "broker_url", "api_keys", "queue", "lease_s",
+                   "heartbeat_s")
+
+
+def _add_trainer(sub) -> None:
+    env = ("Every flag can also be set as SPECSERVE_TRAINER_<FLAG> (e.g. SPECSERVE_TRAINER_BROKER_URL); flags win. "
+           "Default: no server needed (SQLite job store and SQLite Celery broker under --state-dir); scale-out: "
+           "PostgreSQL (--database-url postgresql+psycopg://...) and Redis (--broker-url redis://...). The API "
+           "and its workers must share the settings and --state-dir.")
+    api = sub.add_parser("serve-trainer", help="run the training jobs API (submit, follow, cancel training runs)",
+                         description="Serve the jobs API: POST /v1/jobs with a `specserve train` config as JSON, "
+                                     "GET /v1/jobs[/{id}[/log]], POST /v1/jobs/{id}/cancel, /health, /ready, "
+                                     "/metrics. Jobs run on `specserve trainer-worker` processes. " + env)
+    worker = sub.add_parser("trainer-worker", help="run a Celery worker that runs training jobs, one at a time",
+                            description="Run queued training jobs, one at a time, as `specserve train` child "
+                                        "processes (torchrun when a job asks for nproc > 1). A job whose worker "
+                                        "dies is queued again after --lease-s and resumes from its latest "
+                                        "checkpoint; SIGTERM hands the running job back to the queue. " + env)
+    for p in (api, worker):
+        p.add_argument("--state-dir", help="job folders (config, log, checkpoints) and the default SQLite files "
+                                           "(default ./trainer-state)")
+        p.add_argument("--database-url", help="SQLAlchemy URL of the job store (default: SQLite in --state-dir)")
+        p.add_argument("--broker-url", help="Celery broker URL (default: SQLite in --state-dir)")
+        p.add_argument("--queue", help="Celery queue (default specserve-training)")
+        p.add_argument("--lease-s", type=float, help="a running job silent this long is queued again (default 60)")
+        p.add_argument("--heartbeat-s", type=float, help="how often a worker reports its running job (default 5)")
+    api.add_argument("--host", help="bind address (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default 8100)")
+    api.add_argument("--api-keys", help="comma-separated API keys; none = open access")
+    api.set_defaults(func=cmd_serve_trainer)
+    worker.set_defaults(func=cmd_trainer_worker)
+
+
+def _need_trainer_extra() -> None:
+    try:
+        import celery  # noqa: F401
+        import sqlalchemy  # noqa: F401
+    except ImportError as exc:
+        raise SpecServeError(f"the trainer service needs the `trainer` extra: pip install 'specserve[trainer]' "
+                             f"({exc.name} is not installed)") from None
+
+
+def cmd_serve_trainer(args) -> int:
+    _need_trainer_extra()
+    from services.trainer.app import serve
+    from services.trainer.settings import TrainerSettings
+
+    serve(TrainerSettings(**_given(args, _TRAINER_FIELDS)))
+    return 0
+
+
+def cmd_trainer_worker(args) -> int:
+    _need_trainer_extra()
+    from services.trainer.settings import TrainerSettings
+    from services.trainer.worker import run_worker
+
+    run_worker(TrainerSettings(**_given(args, _TRAINER_FIELDS)), "DEBUG" if args.verbose else "INFO")
+    return 0
+
+
 def _given(args, fields) -> dict:
     return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
 
@@ -265,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_drafter(sub)
     add_data_parser(sub)
     add_train_parser(sub)
+    _add_trainer(sub)
     add_eval_parser(sub)
     add_calibrate_parser(sub)
     _add_demo(sub)

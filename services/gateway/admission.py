@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from services.gateway.errors import APIError
+from services.common.errors import APIError
 
 T = TypeVar("T")
 

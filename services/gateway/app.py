@@ -23,10 +23,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.background import BackgroundTask
 
+from services.common.auth import ApiKeyMiddleware
+from services.common.errors import APIError, error_response, install_error_handlers
 from services.gateway import serving
 from services.gateway.admission import Admission, with_cancellation
-from services.gateway.auth import ApiKeyMiddleware
-from services.gateway.errors import APIError, error_response, install_error_handlers
 from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.responses import Formatter

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from services.common.errors import APIError, error_body
 from services.gateway.admission import Admission, Reservation
-from services.gateway.errors import APIError, error_body
 from services.gateway.metrics import GatewayMetrics, RequestTimer
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from services.gateway.responses import Formatter, sse

@@ -1,6 +1,6 @@
 """OpenAI-style error bodies and the exception handlers that make every failure one.
 
-Every error leaves the gateway as `{"error": {"message", "type", "param", "code"}}`, the shape the
+Every error leaves the gateway (and the trainer API) as `{"error": {"message", "type", "param", "code"}}`, the shape the
 `openai` client parses into its exception classes. Bad input is always a 4xx naming the field:
 validation failures are 400 (as OpenAI answers; the client raises `BadRequestError`), not FastAPI's 422.
 """
@@ -24,7 +24,7 @@ _TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inva
 
 
 class APIError(Exception):
-    """An error the gateway answers on purpose; `param` names the offending request field."""
+    """An error a service answers on purpose; `param` names the offending request field."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -58,8 +58,9 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 
 def _validation_param(loc: tuple) -> tuple[str | None, str]:
-    """("body", "messages", 0, "content") -> ("messages", "messages.0.content"); the body itself -> None."""
-    parts = [str(p) for p in (loc[1:] if loc and loc[0] == "body" else loc)]
+    """("body", "messages", 0, "content") -> ("messages", "messages.0.content"); ("query", "limit") -> ("limit",
+    "limit"); the body itself -> None."""
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)]
     return (parts[0] if parts else None), ".".join(parts)
 
 

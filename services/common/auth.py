@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.gateway.errors import error_response
+from services.common.errors import error_response
 
 PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
 

@@ -1,0 +1,250 @@
+"""The trainer's jobs API (FastAPI): submit a training run, follow it, read its log, cancel it.
+
+    POST /v1/jobs                 {"config": {...sections of `specserve train --help`...}, "nproc": 1} -> 201
+    GET  /v1/jobs[?status=&limit=&before=]    newest first
+    GET  /v1/jobs/{id}            status, attempts, result (the exported draft's folder) or error
+    GET  /v1/jobs/{id}/log        the training log (text), `?tail=N` lines
+    POST /v1/jobs/{id}/cancel     a queued job ends at once, a running one within a heartbeat
+    GET  /health, /ready, /metrics
+
+A config is checked here exactly as `specserve train` checks it (unknown keys, types, ranges; a 400 names
+the key) before anything is queued; paths in it are read by the worker, so a missing file fails the job
+with the trainer's own message. `checkpoint.dir` belongs to the service: each job writes under its own
+folder, which is what lets a job resume after its worker dies. Errors are OpenAI-style bodies, as the
+gateway's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from copy import deepcopy
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.auth import ApiKeyMiddleware
+from services.common.errors import APIError, install_error_handlers
+from services.trainer.runner import LOG_FILE, job_dir, log_tail
+from services.trainer.settings import TrainerSettings
+from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
+from services.trainer.worker import enqueue, make_celery, requeue_lost
+from specserve.errors import InvalidRequestError
+from specserve.training.config import from_dict
+
+log = logging.getLogger("specserve.trainer")
+router = APIRouter()
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class JobRequest(BaseModel):
+    """A training job: the config of `specserve train` as JSON, and how many processes run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    config: dict[str, Any] = Field(description="sections model, loss, data, optim, train, checkpoint, logging, as "
+                                               "in a `specserve train --config` file (`checkpoint.dir` is set by "
+                                               "the service)")
+    nproc: int = Field(1, ge=1, description="training processes (torchrun --nproc_per_node); at most max_nproc")
+
+
+class JobObject(BaseModel):
+    id: str
+    object: str = "training.job"
+    status: JobStatus
+    nproc: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int = Field(description="times a worker started it; more than one: resumed after a lost worker")
+    cancel_requested: bool
+    exit_code: int | None
+    error: str | None = Field(description="why it failed: the end of the training log")
+    result: dict[str, Any] | None = Field(description="`draft`: folder of the exported draft (--drafter auto:PATH)")
+    config: dict[str, Any]
+
+    @classmethod
+    def of(cls, job: JobView) -> JobObject:
+        fields = ("id", "status", "nproc", "created_at", "started_at", "finished_at", "attempts",
+                  "cancel_requested", "exit_code", "error", "result", "config")
+        return cls(**{name: getattr(job, name) for name in fields})
+
+
+class JobList(BaseModel):
+    object: str = "list"
+    data: list[JobObject]
+
+
+class TrainerState:
+    def __init__(self, settings: TrainerSettings, store: JobStore):
+        self.settings, self.store = settings, store
+        self.celery = make_celery(settings)
+        self.registry = CollectorRegistry()
+        self.submitted = Counter("specserve:trainer_jobs_submitted", "jobs accepted by the API",
+                                 registry=self.registry)
+        self.jobs = Gauge("specserve:trainer_jobs", "jobs by status (queued: the autoscaling signal of workers)",
+                          ["status"], registry=self.registry)
+        self.requeued = Counter("specserve:trainer_jobs_requeued", "running jobs queued again after their worker "
+                                "stopped reporting", registry=self.registry)
+
+
+def create_app(settings: TrainerSettings, store: JobStore | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = TrainerState(settings, store or JobStore(settings.store_url))
+        app.state.trainer = state
+        reaper = asyncio.create_task(_reap(state))
+        log.info("trainer API ready: %d jobs queued", state.store.counts()[JobStatus.QUEUED])
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            if store is None:
+                state.store.close()
+
+    app = FastAPI(title="specserve trainer", version="0.1.0", lifespan=lifespan,
+                  description="Training jobs for DSpark, DFlash and Eagle3 drafts, run by Celery workers.")
+    install_error_handlers(app)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.include_router(router)
+    return app
+
+
+async def _reap(state: TrainerState) -> None:
+    """Every lease_s / 2: jobs whose worker stopped reporting go back on the queue."""
+    while True:
+        await asyncio.sleep(state.settings.lease_s / 2)
+        try:
+            ids = await asyncio.to_thread(requeue_lost, state.celery, state.store, state.settings)
+            state.requeued.inc(len(ids))
+        except Exception:  # store or broker down: /ready says so; try again next period
+            log.exception("requeueing lost jobs failed")
+
+
+def _state(request: Request) -> TrainerState:
+    state = getattr(request.app.state, "trainer", None)
+    if state is None:
+        raise APIError(503, "the trainer is starting; retry shortly", None, "not_ready", headers={"Retry-After": "2"})
+    return state
+
+
+def _job(state: TrainerState, job_id: str) -> JobView:
+    try:
+        return state.store.get(job_id)
+    except JobNotFound:
+        raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Refuse what `specserve train` would refuse, naming the key (as `config.<section>.<key>`)."""
+    if "dir" in (config.get("checkpoint") or {}):
+        raise APIError.bad_request("config.checkpoint.dir", "is set by the trainer (every job writes its "
+                                   "checkpoints in its own folder, where a retry resumes them); leave it out")
+    try:
+        from_dict(deepcopy(config))
+    except InvalidRequestError as exc:
+        raise APIError.bad_request(f"config.{exc.field}", str(exc).removeprefix(f"{exc.field}: ")) from None
+
+
+@router.post("/v1/jobs", status_code=201, response_model=JobObject, responses={400: {}, 401: {}, 429: {}, 503: {}})
+def submit(body: JobRequest, request: Request) -> JobObject:
+    """Queue a training job; 429 with Retry-After when max_queued jobs already wait."""
+    state = _state(request)
+    if body.nproc > state.settings.max_nproc:
+        raise APIError.bad_request("nproc", f"at most {state.settings.max_nproc} processes per job, got {body.nproc}")
+    check_config(body.config)
+    if state.store.counts()[JobStatus.QUEUED] >= state.settings.max_queued:
+        raise APIError(429, f"{state.settings.max_queued} jobs are already queued; retry later", None,
+                       "queue_full", headers={"Retry-After": "60"})
+    job = state.store.submit(body.config, body.nproc)
+    try:
+        enqueue(state.celery, job.id)
+    except Exception as exc:  # the broker is unreachable: nothing will run it, so it must not stay queued
+        state.store.cancel(job.id)
+        log.error("job %s: broker unreachable (%s); cancelled", job.id, exc)
+        raise APIError(503, f"the job queue is unreachable ({type(exc).__name__}); nothing was queued", None,
+                       "broker_unavailable", headers={"Retry-After": "10"}) from None
+    state.submitted.inc()
+    log.info("job %s queued (%d process(es), algorithm %s)", job.id, job.nproc,
+             (job.config.get("model") or {}).get("algorithm", "dspark"))
+    return JobObject.of(job)
+
+
+@router.get("/v1/jobs", response_model=JobList)
+def list_jobs(request: Request, status: JobStatus | None = None,
+              limit: Annotated[int, Query(ge=1, le=100)] = 20,
+              before: Annotated[float | None, Query(description="created_at of the last job of the previous page")]
+              = None) -> JobList:
+    """Jobs, newest first."""
+    jobs = _state(request).store.list(status, limit, before)
+    return JobList(data=[JobObject.of(j) for j in jobs])
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobObject, responses={404: {}})
+def get_job(job_id: str, request: Request) -> JobObject:
+    return JobObject.of(_job(_state(request), job_id))
+
+
+@router.get("/v1/jobs/{job_id}/log", response_class=PlainTextResponse, responses={404: {}})
+def job_log(job_id: str, request: Request, tail: Annotated[int, Query(ge=1, le=100_000)] = 200) -> str:
+    """The last `tail` lines of the job's training log (empty until a worker starts it)."""
+    state = _state(request)
+    _job(state, job_id)
+    return log_tail(job_dir(state.settings, job_id) / LOG_FILE, tail)
+
+
+@router.post("/v1/jobs/{job_id}/cancel", response_model=JobObject, responses={404: {}, 409: {}})
+def cancel_job(job_id: str, request: Request) -> JobObject:
+    """Cancel: a queued job at once; a running one is stopped by its worker within heartbeat_s (SIGTERM)."""
+    state = _state(request)
+    try:
+        return JobObject.of(state.store.cancel(job_id))
+    except JobNotFound:
+        raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
+    except JobFinished as exc:
+        raise APIError(409, str(exc), "job_id", "job_finished") from None
+
+
+@router.get("/health")
+async def health() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "the job store or the broker is unreachable"}})
+def ready(request: Request) -> dict:
+    """Readiness: the job store answers and the broker accepts a connection."""
+    state = _state(request)
+    try:
+        state.store.ping()
+    except Exception as exc:
+        raise APIError(503, f"the job store is unreachable ({type(exc).__name__})", None, "store_unavailable",
+                       headers={"Retry-After": "5"}) from None
+    try:
+        with state.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+    except Exception as exc:
+        raise APIError(503, f"the job queue is unreachable ({type(exc).__name__})", None, "broker_unavailable",
+                       headers={"Retry-After": "5"}) from None
+    return {"status": "ready"}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus: jobs by status (read from the store at scrape time), submitted and requeued counters."""
+    state = _state(request)
+    for status, count in state.store.counts().items():
+        state.jobs.labels(status=status.value).set(count)
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE)
+
+
+def serve(settings: TrainerSettings) -> None:
+    """`specserve serve-trainer`: the jobs API on settings.host:settings.port until SIGINT/SIGTERM."""
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

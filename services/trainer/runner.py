@@ -1,0 +1,150 @@
+"""Run one training job: claim it, start `specserve train` (torchrun for nproc > 1), keep the lease, end it.
+
+The training runs as a child process in its own process group, writing to `state_dir/jobs/<id>/train.log`,
+with its checkpoints in `.../checkpoints`. Every job's config points there, so running the same job again
+(after its worker died, or after a release on shutdown) resumes from the latest checkpoint: `specserve
+train` resumes on its own when `checkpoint.dir` holds one. On Linux the child is killed when its worker
+dies (PR_SET_PDEATHSIG), so a lost worker never leaves a training run behind that would race the retry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from copy import deepcopy
+from pathlib import Path
+
+import yaml
+
+from services.trainer.settings import TrainerSettings
+from services.trainer.store import Claim, JobStatus, JobStore
+
+log = logging.getLogger("specserve.trainer")
+
+LOG_FILE = "train.log"
+CONFIG_FILE = "config.yaml"
+CHECKPOINTS = "checkpoints"
+
+
+def job_dir(settings: TrainerSettings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id
+
+
+def job_config(config: dict, directory: Path) -> dict:
+    """The submitted config with the job's own checkpoint folder and no progress bar (the log is a file)."""
+    out = deepcopy(config)
+    out.setdefault("checkpoint", {})["dir"] = str((directory / CHECKPOINTS).resolve())
+    out.setdefault("logging", {})["progress"] = False
+    return out
+
+
+def training_command(nproc: int, config_path: Path) -> list[str]:
+    train = ["-m", "specserve.training.cli", "--config", str(config_path)]
+    if nproc == 1:
+        return [sys.executable, *train]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+
+
+def log_tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            return b"".join(deque(f, maxlen=lines)).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux/glibc: the lease still keeps a second run from starting while this one reports
+        pass
+
+
+class JobRunner:
+    """Runs jobs for one worker process; `stop()` (worker shutdown) hands a running job back to the queue."""
+
+    def __init__(self, settings: TrainerSettings, store: JobStore):
+        self.settings, self.store = settings, store
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self, job_id: str, owner: str | None = None) -> str:
+        """Claim and run `job_id` to its end; returns what happened (claimed jobs: their final status)."""
+        owner = owner or f"{socket.gethostname()}:{os.getpid()}:{job_id}"
+        claim = self.store.claim(job_id, owner, self.settings.lease_s)
+        if claim is not Claim.CLAIMED:
+            log.info("job %s not run: %s", job_id, claim.value)
+            return claim.value
+        job = self.store.get(job_id)
+        directory = job_dir(self.settings, job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path = directory / CONFIG_FILE
+        config_path.write_text(yaml.safe_dump(job_config(job.config, directory), sort_keys=False))
+        command = training_command(job.nproc, config_path)
+        log.info("job %s: attempt %d, %d process(es): %s", job_id, job.attempts, job.nproc, " ".join(command))
+        with (directory / LOG_FILE).open("ab") as out:
+            out.write(f"=== specserve trainer: attempt {job.attempts} by {owner}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, preexec_fn=_die_with_parent)
+        return self._supervise(job_id, owner, proc, directory)
+
+    def _supervise(self, job_id: str, owner: str, proc: subprocess.Popen, directory: Path) -> str:
+        while True:
+            try:
+                code = proc.wait(timeout=self.settings.heartbeat_s)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            owned, cancel = self.store.heartbeat(job_id, owner)
+            if not owned:  # the lease expired (this worker stalled) and the job was requeued: stop, write nothing
+                self._terminate(proc)
+                log.warning("job %s: lease lost, training stopped", job_id)
+                return "lost"
+            if cancel:
+                self._terminate(proc)
+                self.store.finish(job_id, owner, JobStatus.CANCELLED, proc.returncode, "cancelled on request")
+                log.info("job %s cancelled", job_id)
+                return JobStatus.CANCELLED.value
+            if self._stopping.is_set():
+                self._terminate(proc)
+                self.store.release(job_id, owner)
+                log.info("job %s released on shutdown; it resumes from its latest checkpoint", job_id)
+                return "released"
+        if code == 0:
+            final = directory / CHECKPOINTS / "final"
+            result = {"draft": str(final.resolve()), "summary": log_tail(directory / LOG_FILE, 40).strip()}
+            self.store.finish(job_id, owner, JobStatus.SUCCEEDED, 0, result=result)
+            log.info("job %s succeeded: %s", job_id, final)
+            return JobStatus.SUCCEEDED.value
+        # exit code 2: a config error `specserve train` explained in the log; anything else: a crash
+        error = log_tail(directory / LOG_FILE, 20).strip() or f"training exited with code {code}"
+        self.store.finish(job_id, owner, JobStatus.FAILED, code, error=error)
+        log.warning("job %s failed with exit code %s", job_id, code)
+        return JobStatus.FAILED.value
+
+    def _terminate(self, proc: subprocess.Popen) -> None:
+        """SIGTERM the training's process group (torchrun and its workers), SIGKILL after stop_grace_s."""
+        for sig, wait in ((signal.SIGTERM, self.settings.stop_grace_s), (signal.SIGKILL, None)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue

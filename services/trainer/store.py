@@ -1,0 +1,238 @@
+"""The job store: one SQLAlchemy model, the same on SQLite (embedded) and PostgreSQL (scale-out).
+
+A job is claimed by one worker at a time. `claim` is a single conditional UPDATE (queued, or running
+with an expired lease -> running under this owner), so two workers that receive the same job (a broker
+redelivery, a requeue racing a slow worker) cannot both run it: the database decides. The owner keeps
+its lease with `heartbeat`; every later write is conditional on still owning the job, so a worker that
+lost its lease (paused past `lease_s`, then woke up) can no longer change the job's state.
+Times are UNIX seconds (floats), the same on every backend.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, create_engine, event, func, select, update
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from specserve.errors import SpecServeError
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Claim(enum.Enum):
+    CLAIMED = "claimed"  # this owner runs it now
+    BUSY = "busy"  # another owner holds a live lease
+    DONE = "done"  # finished or cancelled: nothing to run
+    MISSING = "missing"
+
+
+class JobNotFound(SpecServeError):
+    def __init__(self, job_id: str):
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+
+class JobFinished(SpecServeError):
+    """The job has already ended (a cancel came too late)."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "specserve_trainer_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    config: Mapped[dict] = mapped_column(JSON)
+    nproc: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)  # first claim
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (> 1: resumed after a lost worker)
+    owner: Mapped[str | None] = mapped_column(String(200))  # worker holding the lease (host:pid:task)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict | None] = mapped_column(JSON)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job as read (detached from the session)."""
+
+    id: str
+    kind: str
+    status: JobStatus
+    config: dict
+    nproc: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    owner: str | None
+    heartbeat_at: float | None
+    cancel_requested: bool
+    exit_code: int | None
+    error: str | None
+    result: dict | None
+
+    @classmethod
+    def of(cls, row: Job) -> JobView:
+        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        return cls(**fields | {"status": JobStatus(row.status)})
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # API and workers read while one writes
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class JobStore:
+    """Jobs in one table; every method is one short transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        sqlite = url.startswith("sqlite")
+        database = make_url(url).database
+        if sqlite and database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=not sqlite,
+                                            connect_args={"check_same_thread": False} if sqlite else {})
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with Session(self.engine) as s:
+            s.execute(select(1))
+
+    # --- API side -------------------------------------------------------------------------------------
+    def submit(self, config: dict, nproc: int = 1, kind: str = "train") -> JobView:
+        row = Job(id=f"job-{uuid.uuid4().hex[:24]}", kind=kind, status=JobStatus.QUEUED.value, config=config,
+                  nproc=nproc, created_at=time.time(), attempts=0, cancel_requested=False)
+        with Session(self.engine) as s, s.begin():
+            s.add(row)
+            s.flush()
+            return JobView.of(row)
+
+    def get(self, job_id: str) -> JobView:
+        with Session(self.engine) as s:
+            row = s.get(Job, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            return JobView.of(row)
+
+    def list(self, status: JobStatus | None = None, limit: int = 20, before: float | None = None) -> list[JobView]:
+        """Newest first; `before` pages on created_at."""
+        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(Job.status == status.value)
+        if before is not None:
+            query = query.where(Job.created_at < before)
+        with Session(self.engine) as s:
+            return [JobView.of(row) for row in s.scalars(query)]
+
+    def counts(self) -> dict[JobStatus, int]:
+        with Session(self.engine) as s:
+            found = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {status: int(found.get(status.value, 0)) for status in JobStatus}
+
+    def cancel(self, job_id: str) -> JobView:
+        """A queued job is cancelled at once; a running one is flagged, and its worker stops it."""
+        now = time.time()
+        with Session(self.engine) as s, s.begin():
+            queued = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+                               .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested=True))
+            if not queued.rowcount:
+                s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+                          .values(cancel_requested=True))
+            row = s.get(Job, job_id)
+            if row is None:
+                raise JobNotFound(job_id)
+            view = JobView.of(row)
+        if view.status.finished and not view.cancel_requested:
+            raise JobFinished(f"job {job_id!r} has already {view.status.value}")
+        return view
+
+    def requeue_lost(self, lease_s: float) -> list[str]:
+        """Running jobs whose lease expired (their worker died) go back to queued; returns their ids."""
+        cutoff = time.time() - lease_s
+        lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < cutoff)
+        with Session(self.engine) as s, s.begin():
+            ids = list(s.scalars(select(Job.id).where(*lost)))
+            if ids:
+                s.execute(update(Job).where(Job.id.in_(ids), *lost).values(status=JobStatus.QUEUED.value, owner=None))
+        return ids
+
+    # --- worker side ----------------------------------------------------------------------------------
+    def claim(self, job_id: str, owner: str, lease_s: float) -> Claim:
+        now = time.time()
+        claimable = ((Job.status == JobStatus.QUEUED.value)
+                     | ((Job.status == JobStatus.RUNNING.value) & (Job.heartbeat_at < now - lease_s)))
+        with Session(self.engine) as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+                             .values(status=JobStatus.RUNNING.value, owner=owner, heartbeat_at=now,
+                                     attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now)))
+            if done.rowcount:
+                return Claim.CLAIMED
+            row = s.get(Job, job_id)
+            if row is None:
+                return Claim.MISSING
+            if row.status == JobStatus.QUEUED.value and row.cancel_requested:
+                row.status, row.finished_at = JobStatus.CANCELLED.value, now
+            return Claim.DONE if JobStatus(row.status).finished else Claim.BUSY
+
+    def heartbeat(self, job_id: str, owner: str) -> tuple[bool, bool]:
+        """Renew the lease: (still the owner, cancel requested)."""
+        with Session(self.engine) as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
+                                               Job.status == JobStatus.RUNNING.value)
+                             .values(heartbeat_at=time.time()))
+            row = s.get(Job, job_id)
+            return bool(done.rowcount), bool(row is not None and row.cancel_requested)
+
+    def finish(self, job_id: str, owner: str, status: JobStatus, exit_code: int | None = None,
+               error: str | None = None, result: dict[str, Any] | None = None) -> bool:
+        """End the job if `owner` still holds it; False when its lease was lost meanwhile."""
+        if not status.finished:
+            raise ValueError(f"finish needs a final status, got {status}")
+        with Session(self.engine) as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
+                                               Job.status == JobStatus.RUNNING.value)
+                             .values(status=status.value, finished_at=time.time(), exit_code=exit_code, error=error,
+                                     result=result))
+            return bool(done.rowcount)
+
+    def release(self, job_id: str, owner: str) -> bool:
+        """Give a running job back to the queue (its worker is shutting down); it resumes elsewhere."""
+        with Session(self.engine) as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
+                                               Job.status == JobStatus.RUNNING.value)
+                             .values(status=JobStatus.QUEUED.value, owner=None))
+            return bool(done.rowcount)

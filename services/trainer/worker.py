@@ -1,0 +1,114 @@
+"""The Celery side of the trainer: the app, its one task, and the reaper that requeues lost jobs.
+
+A message only says "run job X"; the job store decides whether this worker may (see `store.claim`), so a
+duplicate delivery, a redelivery after a broker visibility timeout, or a requeue racing a slow worker
+never runs a job twice at once. Messages are acknowledged late and rejected when the worker is lost, and
+a worker runs one job at a time in its main process (`--pool solo`): a training job owns its devices,
+and a warm shutdown (SIGTERM, e.g. a pod eviction) reaches the job, which stops its training and
+returns to the queue to resume from its latest checkpoint on another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery, signals
+from celery.exceptions import Reject
+
+from services.trainer.runner import JobRunner
+from services.trainer.settings import TrainerSettings
+from services.trainer.store import JobStore
+
+log = logging.getLogger("specserve.trainer")
+
+TASK = "specserve.trainer.run_job"
+
+
+def make_celery(settings: TrainerSettings) -> Celery:
+    """The Celery app of one trainer deployment (API and workers build the same one from the same settings)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("specserve-trainer", broker=settings.broker, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True, task_reject_on_worker_lost=True, task_ignore_result=True,
+        task_default_queue=settings.queue, worker_prefetch_multiplier=1, worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True, worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    if settings.broker.startswith(("redis", "rediss")):
+        # Redis redelivers a message unacknowledged for this long (a job running longer than it is delivered
+        # again); the store's claim turns such a delivery into a no-op
+        app.conf.broker_transport_options = {"visibility_timeout": max(3600.0, 4 * settings.lease_s)}
+    runner: dict[str, JobRunner] = {}  # built in the worker process on first use
+
+    def job_runner() -> JobRunner:
+        if "runner" not in runner:
+            runner["runner"] = JobRunner(settings, JobStore(settings.store_url))
+        return runner["runner"]
+
+    @app.task(name=TASK, bind=True)
+    def run_job(task, job_id: str) -> str:
+        if job_runner().stopping:  # delivered during a warm shutdown: leave it to another worker
+            raise Reject("worker shutting down", requeue=True)
+        owner = f"{socket.gethostname()}:{os.getpid()}:{task.request.id}"
+        outcome = job_runner().run(job_id, owner)
+        if outcome == "released":  # this message is acknowledged on return: queue the job again
+            enqueue(app, job_id)
+        return outcome
+
+    app.job_runner = job_runner  # the worker entry point stops it on shutdown
+    return app
+
+
+def enqueue(app: Celery, job_id: str) -> None:
+    app.send_task(TASK, args=[job_id])
+
+
+def requeue_lost(app: Celery, store: JobStore, settings: TrainerSettings) -> list[str]:
+    """Put jobs whose worker stopped reporting back on the queue (they resume from their checkpoints)."""
+    ids = store.requeue_lost(settings.lease_s)
+    for job_id in ids:
+        log.warning("job %s: its worker stopped reporting for %.0f s; queued again", job_id, settings.lease_s)
+        enqueue(app, job_id)
+    return ids
+
+
+def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:
+    """`specserve trainer-worker`: one job at a time, in this process; SIGTERM releases the running job."""
+    app = make_celery(settings)
+    stop_reaper = threading.Event()
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_):
+        store = app.job_runner().store
+        requeue_lost(app, store, settings)  # jobs of a worker that died before this one started
+
+        def reap():
+            while not stop_reaper.wait(settings.lease_s / 2):
+                try:
+                    requeue_lost(app, store, settings)
+                except Exception:  # the store is down: say so, try again next period
+                    log.exception("requeueing lost jobs failed")
+
+        threading.Thread(target=reap, name="trainer-reaper", daemon=True).start()
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _shutting_down(**_):
+        stop_reaper.set()
+        app.job_runner().stop()
+
+    log.info("trainer worker: broker %s, store %s, queue %s", _redact(settings.broker), _redact(settings.store_url),
+             settings.queue)
+    app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--loglevel", loglevel,
+                     "--queues", settings.queue, "--hostname", f"trainer@{socket.gethostname()}:{os.getpid()}",
+                     "--without-gossip", "--without-mingle"])
+
+
+def _redact(url: str) -> str:
+    """A URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,146 @@
+"""Fixtures of the trainer tests: a real Redis server and a throwaway PostgreSQL cluster, each started for the
+session from the Debian packages (`redis-server`, `postgresql`; .ci/run installs them), and a tiny training run.
+A missing package skips the tests that need it, naming it."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+WORDS = ["def", "add", "return", "print", "import", "os", "hello", "world", "value", "a", "b", "+", "(", ")"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; .ci/run installs it)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 20, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its tools as the `postgres` user when we are root."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A private cluster on a free port (or SPECSERVE_TEST_POSTGRES_URL, an empty database you provide)."""
+    if os.environ.get("SPECSERVE_TEST_POSTGRES_URL"):
+        yield os.environ["SPECSERVE_TEST_POSTGRES_URL"]
+        return
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("PostgreSQL not installed (Debian package postgresql; .ci/run installs it), and "
+                    "SPECSERVE_TEST_POSTGRES_URL is not set")
+    bindir = Path(found[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="specserve-pg-"))  # not under pytest's root-only (0700) tmp tree
+    data = root / "data"
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "specserve", "--auth=trust",
+                                 "--no-sync"]), check=True, capture_output=True)
+    port = free_port()
+    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
+                   check=True, capture_output=True)
+    try:
+        subprocess.run(_as_postgres([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "specserve",
+                                     "jobs"]), check=True, capture_output=True)
+        yield f"postgresql+psycopg://specserve@127.0.0.1:{port}/jobs"
+    finally:
+        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory):
+    """40 short conversations for the tiny target (as the training tests'), deterministic."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("trainer_data") / "train.jsonl"
+    rows = []
+    for _ in range(40):
+        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+        rows.append({"conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def job_config(tiny_target_dir, train_file):
+    """make(steps, every) -> the config of a tiny DSpark run (2-layer draft, γ 3), as a client submits it."""
+    from transformers import AutoTokenizer
+
+    mask_id = AutoTokenizer.from_pretrained(tiny_target_dir).convert_tokens_to_ids("<|mask|>")
+
+    def make(steps: int = 4, every: int = 2) -> dict:
+        return {
+            "model": {"algorithm": "dspark", "target": str(tiny_target_dir), "num_layers": 2, "block_size": 3,
+                      "num_anchors": 4, "mask_token_id": mask_id, "markov_rank": 8},
+            "data": {"train_file": str(train_file), "split": "all", "max_length": 64},
+            "optim": {"lr": 3e-3},
+            "train": {"global_batch_size": 4, "local_batch_size": 2, "max_steps": steps, "seed": 3},
+            "checkpoint": {"every_steps": every, "export_dtype": "float32"},
+            "logging": {"every_steps": 1, "tensorboard": False},
+        }
+
+    return make
+
+
+@pytest.fixture
+def postgres_db(postgres_url):
+    """The session's PostgreSQL database with no job table: every test starts from an empty store."""
+    from sqlalchemy import create_engine
+
+    from services.trainer.store import Base
+
+    engine = create_engine(postgres_url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return postgres_url

@@ -1,0 +1,183 @@
+"""The jobs API on the embedded default (SQLite store, kombu's SQLAlchemy broker on SQLite): what it accepts,
+what it refuses and how (OpenAI-style bodies naming the field), keys, limits, readiness and metrics. No
+worker runs here: jobs stay queued (test_trainer_jobs.py runs them)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import free_port
+from fastapi.testclient import TestClient
+
+from services.trainer.app import create_app
+from services.trainer.settings import TrainerSettings
+
+
+@pytest.fixture
+def client_for(tmp_path):
+    clients = []
+
+    def make(**fields) -> TestClient:
+        settings = TrainerSettings(state_dir=tmp_path / f"state{len(clients)}", **fields)
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+
+
+def minimal_config() -> dict:
+    return {"model": {"target": "/models/qwen3"}, "data": {"train_file": "/data/train.jsonl"}}
+
+
+def error(response, status: int, param: str | None) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()["error"]
+    assert body["param"] == param and body["type"]
+    return body["message"]
+
+
+def test_a_submitted_job_is_queued_listed_readable_and_cancellable(client_for):
+    client = client_for()
+    created = client.post("/v1/jobs", json={"config": minimal_config(), "nproc": 2})
+    assert created.status_code == 201, created.text
+    job = created.json()
+    assert (job["object"], job["status"], job["nproc"], job["attempts"]) == ("training.job", "queued", 2, 0)
+    assert job["config"] == minimal_config() and job["result"] is None
+    assert client.get(f"/v1/jobs/{job['id']}").json() == job
+    assert [j["id"] for j in client.get("/v1/jobs").json()["data"]] == [job["id"]]
+    assert client.get("/v1/jobs", params={"status": "running"}).json()["data"] == []
+    log = client.get(f"/v1/jobs/{job['id']}/log")
+    assert log.status_code == 200 and log.text == ""  # no worker started it
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    metrics = client.get("/metrics").text
+    assert 'specserve:trainer_jobs{status="cancelled"} 1.0' in metrics
+    assert 'specserve:trainer_jobs{status="queued"} 0.0' in metrics
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"config": {**minimal_config(), "train": {"max_stepz": 3}}}, "config.train.max_stepz",
+     "did you mean train.max_steps"),
+    ({"config": {**minimal_config(), "optim": {"lr": "fast"}}}, "config.optim.lr", "lr"),
+    ({"config": {**minimal_config(), "model": {"target": "/t", "algorithm": "medusa"}}}, "config.model.algorithm",
+     "medusa"),
+    ({"config": {"data": {"train_file": "/d"}}}, "config.model.target", "model.target"),
+    ({"config": {**minimal_config(), "checkpoint": {"dir": "/etc"}}}, "config.checkpoint.dir", "set by the trainer"),
+    ({"config": minimal_config(), "nproc": 0}, "nproc", "greater than or equal to 1"),
+    ({"config": minimal_config(), "nproc": 9}, "nproc", "at most 8 processes"),
+    ({"config": minimal_config(), "priority": 1}, "priority", "unknown"),
+    ({"config": "model.target=/t"}, "config", "dictionary"),
+    ({}, "config", "required"),
+])
+def test_bad_submissions_are_400s_naming_the_field_and_queue_nothing(client_for, body, param, words):
+    client = client_for()
+    message = error(client.post("/v1/jobs", json=body), 400, param)
+    assert words in message, message
+    assert client.get("/v1/jobs").json()["data"] == []
+
+
+def test_malformed_json_unknown_jobs_and_bad_queries_are_named(client_for):
+    client = client_for()
+    response = client.post("/v1/jobs", content=b'{"config": ', headers={"content-type": "application/json"})
+    assert "malformed JSON" in error(response, 400, None)
+    assert "job-nope" in error(client.get("/v1/jobs/job-nope"), 404, "job_id")
+    assert error(client.get("/v1/jobs/job-nope/log"), 404, "job_id")
+    assert error(client.post("/v1/jobs/job-nope/cancel"), 404, "job_id")
+    assert "status" in error(client.get("/v1/jobs", params={"status": "paused"}), 400, "status")
+    assert error(client.get("/v1/jobs", params={"limit": 0}), 400, "limit")
+    assert error(client.get("/v1/jobs/x/log", params={"tail": -1}), 400, "tail")
+
+
+def test_a_finished_job_cannot_be_cancelled(client_for, tmp_path):
+    client = client_for()
+    job_id = client.post("/v1/jobs", json={"config": minimal_config()}).json()["id"]
+    store = client.app.state.trainer.store
+    store.claim(job_id, "w", lease_s=60)
+    store.finish(job_id, "w", __import__("services.trainer.store", fromlist=["JobStatus"]).JobStatus.FAILED, 2, "x")
+    assert "already failed" in error(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "job_id")
+
+
+def test_api_keys_guard_the_jobs_but_not_health_ready_or_metrics(client_for):
+    client = client_for(api_keys=["k1", "k2"])
+    assert "missing API key" in error(client.get("/v1/jobs"), 401, None)
+    assert "invalid API key" in error(client.get("/v1/jobs", headers={"Authorization": "Bearer k3"}), 401, None)
+    # an unauthenticated body is not even parsed: 401, not 400
+    assert error(client.post("/v1/jobs", content=b"{", headers={"content-type": "application/json"}), 401, None)
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer k2"}).status_code == 200
+    for path in ("/health", "/ready", "/metrics"):
+        assert client.get(path).status_code == 200, path
+
+
+def test_beyond_max_queued_jobs_a_submission_gets_429_with_retry_after(client_for):
+    client = client_for(max_queued=2)
+    for _ in range(2):
+        assert client.post("/v1/jobs", json={"config": minimal_config()}).status_code == 201
+    response = client.post("/v1/jobs", json={"config": minimal_config()})
+    assert "2 jobs are already queued" in error(response, 429, None)
+    assert response.headers["retry-after"] == "60"
+    assert len(client.get("/v1/jobs").json()["data"]) == 2
+
+
+def test_an_unreachable_broker_is_a_503_and_leaves_no_job_queued(client_for):
+    """A real refused connection: a Redis URL on a port nothing listens on."""
+    client = client_for(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    response = client.post("/v1/jobs", json={"config": minimal_config()})
+    assert "job queue is unreachable" in error(response, 503, None)
+    assert [j["status"] for j in client.get("/v1/jobs").json()["data"]] == ["cancelled"]
+    assert "job queue is unreachable" in error(client.get("/ready"), 503, None)
+    assert client.get("/health").status_code == 200
+
+
+def test_settings_refuse_a_lease_shorter_than_two_heartbeats(tmp_path):
+    with pytest.raises(ValueError, match="lease_s .* must exceed twice heartbeat_s"):
+        TrainerSettings(state_dir=tmp_path, heartbeat_s=5, lease_s=8)
+
+
+def test_specserve_serve_trainer_serves_http_from_flags_and_environment_and_stops_on_sigterm(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from conftest import wait_for
+
+    port = free_port()
+    env = {**os.environ, "SPECSERVE_TRAINER_API_KEYS": "secret", "SPECSERVE_TRAINER_MAX_QUEUED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "specserve.cli", "serve-trainer", "--port", str(port),
+                             "--state-dir", str(tmp_path / "state")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer secret"}
+    try:
+        def ready():
+            try:
+                return httpx.get(f"{base}/ready", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return proc.poll() is not None  # died: fall through to the assertion below
+
+        wait_for(ready, 60, "the trainer API")
+        assert proc.poll() is None
+        assert httpx.post(f"{base}/v1/jobs", json={"config": minimal_config()}).status_code == 401
+        assert httpx.post(f"{base}/v1/jobs", json={"config": minimal_config()}, headers=auth).status_code == 201
+        full = httpx.post(f"{base}/v1/jobs", json={"config": minimal_config()}, headers=auth)
+        assert full.status_code == 429  # SPECSERVE_TRAINER_MAX_QUEUED=1 from the environment
+        assert (tmp_path / "state" / "jobs.db").exists() and (tmp_path / "state" / "broker.db").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=30)[0]
+    # uvicorn re-raises the signal once it has shut down cleanly, so the exit status reports SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "trainer API ready" in out and "Application shutdown complete" in out
+
+
+def test_the_trainer_commands_explain_themselves():
+    import subprocess
+    import sys
+
+    for command, words in (("serve-trainer", "POST /v1/jobs"), ("trainer-worker", "resumes from its latest")):
+        out = subprocess.run([sys.executable, "-m", "specserve.cli", command, "--help"], capture_output=True,
+                             text=True, check=True).stdout
+        assert words in " ".join(out.split()) and "SPECSERVE_TRAINER_" in out, out

@@ -1,0 +1,109 @@
+"""The job store on SQLite (the embedded default) and on PostgreSQL (scale-out), through SQLAlchemy."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from services.trainer.store import Claim, JobFinished, JobNotFound, JobStatus, JobStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_db")
+    store = JobStore(url)
+    yield store
+    store.close()
+
+
+def test_jobs_are_stored_listed_newest_first_and_counted(store):
+    first = store.submit({"model": {"target": "/t"}}, nproc=2)
+    time.sleep(0.01)
+    second = store.submit({"model": {"target": "/u"}})
+    assert store.get(first.id).config == {"model": {"target": "/t"}} and store.get(first.id).nproc == 2
+    assert [j.id for j in store.list()] == [second.id, first.id]
+    assert [j.id for j in store.list(limit=1)] == [second.id]
+    assert [j.id for j in store.list(before=second.created_at)] == [first.id]
+    assert store.counts()[JobStatus.QUEUED] == 2 and store.counts()[JobStatus.RUNNING] == 0
+    with pytest.raises(JobNotFound):
+        store.get("job-missing")
+
+
+def test_of_many_workers_claiming_one_job_exactly_one_runs_it(store):
+    job = store.submit({})
+    results, barrier = [], threading.Barrier(8)
+
+    def claim(i):
+        barrier.wait()
+        results.append(store.claim(job.id, f"w{i}", lease_s=60))
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.value for r in results) == ["busy"] * 7 + ["claimed"]
+    view = store.get(job.id)
+    assert view.status is JobStatus.RUNNING and view.attempts == 1 and view.owner.startswith("w")
+
+
+def test_an_expired_lease_lets_another_worker_take_over_and_fences_the_old_one(store):
+    job = store.submit({})
+    assert store.claim(job.id, "old", lease_s=0.2) is Claim.CLAIMED
+    assert store.heartbeat(job.id, "old") == (True, False)
+    assert store.claim(job.id, "new", lease_s=0.2) is Claim.BUSY  # lease just renewed
+    time.sleep(0.3)
+    assert store.claim(job.id, "new", lease_s=0.2) is Claim.CLAIMED
+    assert store.get(job.id).attempts == 2
+    # the old owner woke up: it can neither renew, nor finish, nor release the job
+    assert store.heartbeat(job.id, "old") == (False, False)
+    assert not store.finish(job.id, "old", JobStatus.FAILED, 1, "late")
+    assert not store.release(job.id, "old")
+    assert store.finish(job.id, "new", JobStatus.SUCCEEDED, 0, result={"draft": "/x"})
+    done = store.get(job.id)
+    assert (done.status, done.exit_code, done.result) == (JobStatus.SUCCEEDED, 0, {"draft": "/x"})
+    assert store.claim(job.id, "third", lease_s=0.2) is Claim.DONE
+
+
+def test_requeue_lost_returns_only_jobs_whose_worker_went_silent(store):
+    silent, alive = store.submit({}), store.submit({})
+    store.claim(silent.id, "dead", lease_s=60)
+    store.claim(alive.id, "busy", lease_s=60)
+    time.sleep(0.25)
+    store.heartbeat(alive.id, "busy")
+    assert store.requeue_lost(lease_s=0.2) == [silent.id]
+    requeued = store.get(silent.id)
+    assert (requeued.status, requeued.owner, requeued.attempts) == (JobStatus.QUEUED, None, 1)
+    assert store.get(alive.id).status is JobStatus.RUNNING
+    assert store.claim(silent.id, "next", lease_s=60) is Claim.CLAIMED and store.get(silent.id).attempts == 2
+
+
+def test_cancel_ends_a_queued_job_flags_a_running_one_and_refuses_a_finished_one(store):
+    queued, running, finished = store.submit({}), store.submit({}), store.submit({})
+    assert store.cancel(queued.id).status is JobStatus.CANCELLED
+    assert store.claim(queued.id, "w", lease_s=60) is Claim.DONE  # its message arrives later: nothing runs
+    store.claim(running.id, "w", lease_s=60)
+    flagged = store.cancel(running.id)
+    assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
+    assert store.heartbeat(running.id, "w") == (True, True)
+    store.claim(finished.id, "w", lease_s=60)
+    store.finish(finished.id, "w", JobStatus.SUCCEEDED, 0)
+    with pytest.raises(JobFinished, match="already succeeded"):
+        store.cancel(finished.id)
+    with pytest.raises(JobNotFound):
+        store.cancel("job-missing")
+
+
+def test_a_released_job_is_queued_again_with_its_attempts(store):
+    job = store.submit({})
+    store.claim(job.id, "w", lease_s=60)
+    assert store.release(job.id, "w")
+    view = store.get(job.id)
+    assert (view.status, view.owner, view.attempts) == (JobStatus.QUEUED, None, 1)
+    with pytest.raises(ValueError, match="final status"):
+        store.finish(job.id, "w", JobStatus.RUNNING)
