@@ -153,7 +153,7 @@ def cmd_demo_build_target(args) -> int:
 
 _GATEWAY_FIELDS = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
                    "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device", "verifier_urls",
-                   "drafter_url", "threads")
+                   "drafter_url", "threads", "trainer_url")
 
 
 def _add_serve(sub) -> None:
@@ -177,6 +177,8 @@ def _add_serve(sub) -> None:
         p.add_argument("--max-batch", type=int, help="requests decoded together")
         p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
         p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
+        p.add_argument("--trainer-url", help="trainer API (http://host:8100) to forward /v1/jobs* to (its key: "
+                                             "SPECSERVE_TRAINER_API_KEY); unset = no training jobs here")
         p.set_defaults(func=cmd_serve)
     serve.add_argument("--drafter", help="drafter spec, as for `generate` (default: the bundled demo DSpark draft, "
                                          "dspark:models/demo/dspark)")

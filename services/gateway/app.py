@@ -27,6 +27,7 @@ from services.common.auth import ApiKeyMiddleware
 from services.common.errors import APIError, error_response, install_error_handlers
 from services.gateway import serving
 from services.gateway.admission import Admission, with_cancellation
+from services.gateway.jobs_proxy import jobs_router
 from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest
 from services.gateway.responses import Formatter
@@ -77,6 +78,7 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
     install_error_handlers(app)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.include_router(router)
+    app.include_router(jobs_router(settings))
     return app
 
 

@@ -48,6 +48,12 @@ class GatewaySettings(BaseSettings):
     drafter_url: str | None = Field(None, description="gRPC address of the drafter service (scale-out mode); "
                                                       "unset = no speculation")
 
+    # --- training jobs (proxied to the trainer API) ---------------------------------------------------
+    trainer_url: str | None = Field(None, description="the trainer API (http://host:8100); set = /v1/jobs* are "
+                                                      "forwarded there; unset = they answer 404")
+    trainer_api_key: str | None = Field(None, repr=False, description="the key the gateway sends to the trainer")
+    trainer_timeout_s: float = Field(30.0, gt=0, description="how long a proxied jobs call may take")
+
     # --- verification budget ----------------------------------------------------------------------
     policy: Literal["fixed", "threshold", "prefix"] = Field(
         "prefix", description="fixed-k | static cumulative-confidence threshold | hardware-aware prefix scheduler")
