@@ -11,13 +11,16 @@ Times are UNIX seconds (floats), the same on every backend.
 from __future__ import annotations
 
 import enum
+import fcntl
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, create_engine, event, func, select, update
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -110,6 +113,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "specserve_trainer_alembic_version"  # its own name: the database may be shared with other apps
+_PG_MIGRATION_LOCK = 0x5EC5E7  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def alembic_config(connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (API and workers all do at start, one at a time: PostgreSQL
+    serialises them on an advisory lock, SQLite (one machine) on a lock file next to the database)."""
+    database = engine.url.database
+    lock = None
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        lock = open(f"{database}.migrate.lock", "w")  # noqa: SIM115 (held until the migration is done)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        if lock is not None:
+            lock.close()
+
+
 class JobStore:
     """Jobs in one table; every method is one short transaction."""
 
@@ -123,7 +156,7 @@ class JobStore:
                                             connect_args={"check_same_thread": False} if sqlite else {})
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -12,28 +12,12 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+from trainer_testkit import free_port, wait_for
 
 WORDS = ["def", "add", "return", "print", "import", "os", "hello", "world", "value", "a", "b", "+", "(", ")"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
@@ -135,12 +119,14 @@ def job_config(tiny_target_dir, train_file):
 
 @pytest.fixture
 def postgres_db(postgres_url):
-    """The session's PostgreSQL database with no job table: every test starts from an empty store."""
-    from sqlalchemy import create_engine
+    """The session's PostgreSQL database with no trainer tables: every test starts from an empty store."""
+    from sqlalchemy import create_engine, text
 
-    from services.trainer.store import Base
+    from services.trainer.store import VERSION_TABLE, Base
 
     engine = create_engine(postgres_url)
     Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     engine.dispose()
     return postgres_url

@@ -5,8 +5,8 @@ worker runs here: jobs stay queued (test_trainer_jobs.py runs them)."""
 from __future__ import annotations
 
 import pytest
-from conftest import free_port
 from fastapi.testclient import TestClient
+from trainer_testkit import free_port
 
 from services.trainer.app import create_app
 from services.trainer.settings import TrainerSettings
@@ -143,7 +143,7 @@ def test_specserve_serve_trainer_serves_http_from_flags_and_environment_and_stop
     import sys
 
     import httpx
-    from conftest import wait_for
+    from trainer_testkit import wait_for
 
     port = free_port()
     env = {**os.environ, "SPECSERVE_TRAINER_API_KEYS": "secret", "SPECSERVE_TRAINER_MAX_QUEUED": "1"}

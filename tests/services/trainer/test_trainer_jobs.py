@@ -15,8 +15,8 @@ import sys
 import time
 
 import pytest
-from conftest import wait_for
 from fastapi.testclient import TestClient
+from trainer_testkit import wait_for
 
 from services.trainer.app import create_app
 from services.trainer.settings import TrainerSettings
