@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import ApiKeyMiddleware
 from services.common.errors import APIError, install_error_handlers
-from services.trainer.runner import LOG_FILE, job_dir, log_tail
+from services.trainer.runner import LOG_FILE, job_dir, job_progress, log_tail
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
 from services.trainer.worker import enqueue, make_celery, requeue_lost
@@ -66,13 +66,16 @@ class JobObject(BaseModel):
     exit_code: int | None
     error: str | None = Field(description="why it failed: the end of the training log")
     result: dict[str, Any] | None = Field(description="`draft`: folder of the exported draft (--drafter auto:PATH)")
+    progress: dict[str, Any] | None = Field(None, description="`step`, `total_steps` and the newest logged "
+                                                              "`metrics` (loss, τ, ...); null before the first step")
     config: dict[str, Any]
 
     @classmethod
-    def of(cls, job: JobView) -> JobObject:
+    def of(cls, job: JobView, settings: TrainerSettings | None = None) -> JobObject:
         fields = ("id", "status", "nproc", "created_at", "started_at", "finished_at", "attempts",
                   "cancel_requested", "exit_code", "error", "result", "config")
-        return cls(**{name: getattr(job, name) for name in fields})
+        progress = None if settings is None or job.attempts == 0 else job_progress(job_dir(settings, job.id))
+        return cls(**{name: getattr(job, name) for name in fields}, progress=progress)
 
 
 class JobList(BaseModel):
@@ -183,13 +186,14 @@ def list_jobs(request: Request, status: JobStatus | None = None,
               before: Annotated[float | None, Query(description="created_at of the last job of the previous page")]
               = None) -> JobList:
     """Jobs, newest first."""
-    jobs = _state(request).store.list(status, limit, before)
-    return JobList(data=[JobObject.of(j) for j in jobs])
+    state = _state(request)
+    return JobList(data=[JobObject.of(j, state.settings) for j in state.store.list(status, limit, before)])
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobObject, responses={404: {}})
 def get_job(job_id: str, request: Request) -> JobObject:
-    return JobObject.of(_job(_state(request), job_id))
+    state = _state(request)
+    return JobObject.of(_job(state, job_id), state.settings)
 
 
 @router.get("/v1/jobs/{job_id}/log", response_class=PlainTextResponse, responses={404: {}})
@@ -205,7 +209,7 @@ def cancel_job(job_id: str, request: Request) -> JobObject:
     """Cancel: a queued job at once; a running one is stopped by its worker within heartbeat_s (SIGTERM)."""
     state = _state(request)
     try:
-        return JobObject.of(state.store.cancel(job_id))
+        return JobObject.of(state.store.cancel(job_id), state.settings)
     except JobNotFound:
         raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
     except JobFinished as exc:

@@ -10,8 +10,10 @@ dies (PR_SET_PDEATHSIG), so a lost worker never leaves a training run behind tha
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +60,25 @@ def log_tail(path: Path, lines: int) -> str:
             return b"".join(deque(f, maxlen=lines)).decode("utf-8", "replace")
     except FileNotFoundError:
         return ""
+
+
+def job_progress(directory: Path) -> dict | None:
+    """`{"step", "total_steps", "metrics"}` of a job that has logged a step: the newest record of the run's
+    metrics.jsonl, and the step count `specserve train` announces at its start; None before the first step."""
+    try:
+        record = json.loads(log_tail(directory / CHECKPOINTS / "metrics.jsonl", 1) or "null")
+    except json.JSONDecodeError:  # a line being written
+        record = None
+    if not isinstance(record, dict) or "step" not in record:
+        return None
+    try:
+        with (directory / LOG_FILE).open("rb") as f:
+            head = f.read(1 << 18).decode("utf-8", "replace")
+        found = re.findall(r"training \w+: (\d+) steps", head)
+    except FileNotFoundError:
+        found = []
+    step = record.pop("step")
+    return {"step": step, "total_steps": int(found[-1]) if found else None, "metrics": record}
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -126,6 +126,8 @@ def test_a_job_runs_on_a_redis_worker_with_a_postgresql_store_and_exports_a_load
     done = wait_status(client, job_id, {"succeeded", "failed"}, 180, [w])
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 1 and done["exit_code"] == 0
+    progress = done["progress"]
+    assert (progress["step"], progress["total_steps"]) == (4, 4) and progress["metrics"]["train/loss"] > 0
     draft = done["result"]["draft"]
     assert draft.startswith(str(settings.jobs_dir / job_id)) and "4 steps" in done["result"]["summary"]
     # the exported draft is what `--drafter auto:PATH` serves: load it against its target
@@ -170,7 +172,7 @@ def test_cancel_stops_a_running_job_and_sigterm_hands_a_job_back_to_the_queue(st
     w = worker()
     job_id = client.post("/v1/jobs", json={"config": job_config(steps=100000, every=1000)}).json()["id"]
     wait_status(client, job_id, {"running"}, 120, [w])
-    wait_for(lambda: "training dspark" in client.get(f"/v1/jobs/{job_id}/log").text, 120, "training to start")
+    wait_for(lambda: job(client, job_id)["progress"], 120, "the first logged step")
     cancelled = client.post(f"/v1/jobs/{job_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["cancel_requested"]
     done = wait_status(client, job_id, {"cancelled"}, 30, [w])
