@@ -119,8 +119,13 @@ class JobRunner:
         with (directory / LOG_FILE).open("ab") as out:
             out.write(f"=== specserve trainer: attempt {job.attempts} by {owner}\n".encode())
             out.flush()
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            try:
+                proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+            except OSError as exc:  # nothing started: say why instead of leaving the lease to expire
+                self.store.finish(job_id, owner, JobStatus.FAILED, error=f"could not start {command[0]}: {exc}")
+                log.error("job %s: could not start the training: %s", job_id, exc)
+                return JobStatus.FAILED.value
         return self._supervise(job_id, owner, proc, directory)
 
     def _supervise(self, job_id: str, owner: str, proc: subprocess.Popen, directory: Path) -> str:

@@ -39,6 +39,8 @@ class TrainerSettings(BaseSettings):
     lease_s: float = Field(60.0, gt=0, description="a running job not reported for this long is taken as lost "
                                                    "(its worker died) and queued again; it resumes from its "
                                                    "latest checkpoint")
+    max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times fails instead of "
+                                                   "being queued again")
     stop_grace_s: float = Field(30.0, ge=0, description="on cancel, SIGTERM the training and wait this long "
                                                          "before SIGKILL")
 

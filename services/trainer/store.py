@@ -213,15 +213,26 @@ class JobStore:
             raise JobFinished(f"job {job_id!r} has already {view.status.value}")
         return view
 
-    def requeue_lost(self, lease_s: float) -> list[str]:
-        """Running jobs whose lease expired (their worker died) go back to queued; returns their ids."""
-        cutoff = time.time() - lease_s
-        lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < cutoff)
+    def requeue_lost(self, lease_s: float, max_attempts: int) -> tuple[list[str], list[str]]:
+        """Running jobs whose lease expired (their worker died) go back to queued, unless they have had
+        `max_attempts` already: those fail (a job that takes its worker down every time must not loop).
+        Returns (requeued ids, failed ids)."""
+        now = time.time()
+        lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
         with Session(self.engine) as s, s.begin():
-            ids = list(s.scalars(select(Job.id).where(*lost)))
-            if ids:
-                s.execute(update(Job).where(Job.id.in_(ids), *lost).values(status=JobStatus.QUEUED.value, owner=None))
-        return ids
+            rows = s.execute(select(Job.id, Job.attempts, Job.owner).where(*lost)).all()
+            again = [job_id for job_id, attempts, _ in rows if attempts < max_attempts]
+            if again:
+                s.execute(update(Job).where(Job.id.in_(again), *lost).values(status=JobStatus.QUEUED.value, owner=None))
+            failed = []
+            for job_id, attempts, owner in rows:
+                if attempts >= max_attempts:
+                    s.execute(update(Job).where(Job.id == job_id, *lost).values(
+                        status=JobStatus.FAILED.value, finished_at=now, owner=None,
+                        error=f"its worker was lost {attempts} time(s), the last one {owner}; not retried past "
+                              f"max_attempts={max_attempts} (see the log)"))
+                    failed.append(job_id)
+        return again, failed
 
     # --- worker side ----------------------------------------------------------------------------------
     def claim(self, job_id: str, owner: str, lease_s: float) -> Claim:

@@ -66,12 +66,15 @@ def enqueue(app: Celery, job_id: str) -> None:
 
 
 def requeue_lost(app: Celery, store: JobStore, settings: TrainerSettings) -> list[str]:
-    """Put jobs whose worker stopped reporting back on the queue (they resume from their checkpoints)."""
-    ids = store.requeue_lost(settings.lease_s)
-    for job_id in ids:
+    """Put jobs whose worker stopped reporting back on the queue (they resume from their checkpoints), or fail
+    them after max_attempts; returns the requeued ids."""
+    again, failed = store.requeue_lost(settings.lease_s, settings.max_attempts)
+    for job_id in again:
         log.warning("job %s: its worker stopped reporting for %.0f s; queued again", job_id, settings.lease_s)
         enqueue(app, job_id)
-    return ids
+    for job_id in failed:
+        log.error("job %s: its worker was lost %d times; failed", job_id, settings.max_attempts)
+    return again
 
 
 def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:

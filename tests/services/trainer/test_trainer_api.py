@@ -181,3 +181,17 @@ def test_the_trainer_commands_explain_themselves():
         out = subprocess.run([sys.executable, "-m", "specserve.cli", command, "--help"], capture_output=True,
                              text=True, check=True).stdout
         assert words in " ".join(out.split()) and "SPECSERVE_TRAINER_" in out, out
+
+
+def test_a_training_that_cannot_start_fails_the_job_with_the_reason(tmp_path, monkeypatch):
+    """Fault injected by the test: the training command names an executable that does not exist."""
+    from services.trainer import runner
+    from services.trainer.store import JobStatus, JobStore
+
+    settings = TrainerSettings(state_dir=tmp_path)
+    store = JobStore(settings.store_url)
+    job = store.submit(minimal_config())
+    monkeypatch.setattr(runner, "training_command", lambda nproc, path: [str(tmp_path / "no-such-python")])
+    assert runner.JobRunner(settings, store).run(job.id, "w") == "failed"
+    failed = store.get(job.id)
+    assert failed.status is JobStatus.FAILED and "could not start" in failed.error and "no-such-python" in failed.error

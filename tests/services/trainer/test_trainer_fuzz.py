@@ -14,6 +14,8 @@ from services.trainer.settings import TrainerSettings
 schemathesis = pytest.importorskip("schemathesis")
 pytest.importorskip("hypothesis")
 
+# starlette's TestClient and httpx warn about the per-request cookies and raw bodies the fuzzer sends
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 EXAMPLES = dict.fromkeys(("positive", "negative"), int(os.environ.get("SPECSERVE_FUZZ_EXAMPLES", "60")))
 
 

@@ -76,7 +76,7 @@ def test_requeue_lost_returns_only_jobs_whose_worker_went_silent(store):
     store.claim(alive.id, "busy", lease_s=60)
     time.sleep(0.25)
     store.heartbeat(alive.id, "busy")
-    assert store.requeue_lost(lease_s=0.2) == [silent.id]
+    assert store.requeue_lost(lease_s=0.2, max_attempts=3) == ([silent.id], [])
     requeued = store.get(silent.id)
     assert (requeued.status, requeued.owner, requeued.attempts) == (JobStatus.QUEUED, None, 1)
     assert store.get(alive.id).status is JobStatus.RUNNING
@@ -107,3 +107,14 @@ def test_a_released_job_is_queued_again_with_its_attempts(store):
     assert (view.status, view.owner, view.attempts) == (JobStatus.QUEUED, None, 1)
     with pytest.raises(ValueError, match="final status"):
         store.finish(job.id, "w", JobStatus.RUNNING)
+
+
+def test_a_job_whose_worker_is_lost_max_attempts_times_fails_instead_of_looping(store):
+    job = store.submit({})
+    for attempt in (1, 2):
+        assert store.claim(job.id, f"w{attempt}", lease_s=0.1) is Claim.CLAIMED
+        time.sleep(0.15)
+        assert store.requeue_lost(lease_s=0.1, max_attempts=2) == (([job.id], []) if attempt == 1 else ([], [job.id]))
+    failed = store.get(job.id)
+    assert (failed.status, failed.attempts, failed.owner) == (JobStatus.FAILED, 2, None)
+    assert "lost 2 time(s), the last one w2" in failed.error and failed.finished_at is not None
