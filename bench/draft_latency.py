@@ -31,6 +31,8 @@ Writes --out (JSON: command, versions, CPU, raw timings, medians, ratios, target
 and prints markdown tables. Set the thread pool explicitly and keep idle OpenMP workers from spinning:
 
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/draft_latency.py --threads 1       # ~6 min on 2 cores
+  .venv/bin/python bench/draft_latency.py --device cuda:0 --dtype bfloat16 \
+      --out bench/results/draft_latency_gpu.json --plot bench/results/draft_latency_gpu.png  # a GPU
   OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/draft_latency.py --repeats 1 --rounds 2 --batches 1 \\
       --gammas 4 8 --eagle-tokens 1 4 --out /tmp/dl.json --plot /tmp/dl.png                   # smoke
 """
@@ -88,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     d.add_argument("--markov-rank", type=int, default=64, help="rank of DSpark's sequential head")
     d.add_argument("--dtype", choices=list(DTYPES), default="float32",
                    help="draft weights (DeepSpec ships bf16); the target and its taps stay fp32")
+    d.add_argument("--device", default="cpu",
+                   help="torch device of the target and drafts, e.g. cuda:0 (rounds are timed between two "
+                        "synchronisations; the CPU-time clock then counts only the host's launch work)")
     d.add_argument("--torch-linears", action="store_true",
                    help="keep F.linear in the drafts (no specserve.cpu_linear few-row products), for comparison")
     d.add_argument("--gammas", type=int, nargs="+", default=[4, 8, 12, 16], help="DFlash/DSpark block sizes")
@@ -135,13 +140,13 @@ class Case:
 
 # ---- target features ---------------------------------------------------------------------------
 def build_target(args) -> Qwen3ForCausalLM:
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # weights drawn on the CPU, so every device times the same model
     cfg = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
                       num_key_value_heads=args.kv_heads, head_dim=args.head_dim, max_position_embeddings=4096,
                       tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
-    return Qwen3ForCausalLM(cfg).eval().requires_grad_(False)
+    return Qwen3ForCausalLM(cfg).eval().requires_grad_(False).to(args.device)
 
 
 def target_features(target, args, n: int) -> tuple[list[list[int]], torch.Tensor]:
@@ -172,16 +177,16 @@ def build_drafters(target, args) -> dict[tuple[str, int], DSparkDrafter | Eagle3
     Eagle3 is one drafter with ttt_length = max(--eagle-tokens); its rounds cap the tokens via max_tokens.
     """
     shapes = [(name, args.gammas) for name in BLOCK_DRAFTERS] + [("eagle3", [max(args.eagle_tokens)])]
-    dtype = DTYPES[args.dtype]
-    frozen = {"embed_tokens.weight": target.get_input_embeddings().weight.to(dtype),
-              "lm_head.weight": target.get_output_embeddings().weight.to(dtype)}
+    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    frozen = {"embed_tokens.weight": target.get_input_embeddings().weight.to(device, dtype),
+              "lm_head.weight": target.get_output_embeddings().weight.to(device, dtype)}
     drafters = {}
     for name, gammas in shapes:
         torch.manual_seed(args.seed)
         cfg = draft_config(target, args, name, gammas[0])
-        state = {k: v.to(dtype) for k, v in model_class(cfg)(cfg).state_dict().items()} | frozen
+        state = {k: v.to(device, dtype) for k, v in model_class(cfg)(cfg).state_dict().items()} | frozen
         for gamma in gammas:
-            model = build_model(draft_config(target, args, name, gamma), dtype=dtype)
+            model = build_model(draft_config(target, args, name, gamma), device=device, dtype=dtype)
             model.load_state_dict(state, assign=True)
             model.requires_grad_(False)
             wrap = Eagle3Drafter if name == "eagle3" else DSparkDrafter
@@ -215,13 +220,21 @@ class Rounds:
         process waited for a core: the latency a quiet machine would see, when the CPU is shared.
         """
         batch = self.requests()
+        sync()
         wall, cpu = time.perf_counter(), time.thread_time()
         blocks = self.drafter.propose(batch)
+        sync()
         wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
         if any(b.error or len(b.ids) != self.case.tokens for b in blocks):
             raise RuntimeError(f"{self.case.key}: expected {self.case.tokens} drafts, got "
                                f"{[(len(b.ids), b.error) for b in blocks]}")
         return wall, cpu
+
+
+def sync() -> None:
+    """Wait for queued GPU work, so a round's wall time is its whole run (no-op on the CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def groups(args) -> list[list[Case]]:
@@ -290,7 +303,10 @@ def main(argv=None) -> int:
     results = summarise(args, all_cases, raw)
     results.update(command=shlex.join([sys.executable, *sys.argv]),
                    environment=cpu_info() | {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-                                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                                             "device": args.device,
+                                             "gpu": torch.cuda.get_device_name(torch.device(args.device))
+                                             if torch.device(args.device).type == "cuda" else None},
                    target={"parameters": sum(p.numel() for p in target.parameters()),
                            **target.config.to_diff_dict()},
                    drafts={name: draft_summary(d) for (name, _), d in drafters.items()},
