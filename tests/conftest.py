@@ -1,3 +1,5 @@
+import json
+import random
 import sys
 from pathlib import Path
 
@@ -32,4 +34,21 @@ def tiny_target_dir(tmp_path_factory):
     model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+WORDS = ["def", "add", "return", "print", "import", "os", "hello", "world", "value", "a", "b", "+", "(", ")"]
+
+
+@pytest.fixture(scope="session")
+def train_file(tmp_path_factory):
+    """40 short conversations (user shows code, assistant continues) for the tiny target, deterministic."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("train_data") / "train.jsonl"
+    rows = []
+    for _ in range(40):
+        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
+        rows.append({"conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -8,6 +8,13 @@ from pydantic_settings import BaseSettings
 from services.common.transport import DEFAULT_MAX_MESSAGE_BYTES
 
 
+def comma_list(value):
+    """A settings validator's input: "a, b" (an environment variable) -> ["a", "b"]; lists pass through."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class ServerSettings(BaseSettings):
     """Transport and lifecycle of one model server. Environment variables use the service's prefix,
     e.g. SPECSERVE_VERIFIER_PORT=50051; tuple-valued fields take JSON, e.g. SPECSERVE_VERIFIER_TAP_LAYERS='[1, 5]'."""

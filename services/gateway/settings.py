@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.common.settings import comma_list
+
 
 class GatewaySettings(BaseSettings):
     """Everything `specserve serve` needs. Keyword arguments override environment variables.
@@ -69,9 +71,7 @@ class GatewaySettings(BaseSettings):
     @field_validator("api_keys", "verifier_urls", mode="before")
     @classmethod
     def _split_keys(cls, value):
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+        return comma_list(value)
 
     @model_validator(mode="after")
     def _check(self):

@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.common.settings import comma_list
+
 
 class TrainerSettings(BaseSettings):
     """Where jobs are stored and queued, and how they are run.
@@ -47,9 +49,7 @@ class TrainerSettings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value):
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+        return comma_list(value)
 
     @model_validator(mode="after")
     def _leases(self):

@@ -5,9 +5,7 @@ A missing package skips the tests that need it, naming it."""
 from __future__ import annotations
 
 import glob
-import json
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -16,8 +14,6 @@ from pathlib import Path
 
 import pytest
 from trainer_testkit import free_port, wait_for
-
-WORDS = ["def", "add", "return", "print", "import", "os", "hello", "world", "value", "a", "b", "+", "(", ")"]
 
 
 @pytest.fixture(scope="session")
@@ -80,20 +76,6 @@ def postgres_url():
         subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def train_file(tmp_path_factory):
-    """40 short conversations for the tiny target (as the training tests'), deterministic."""
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("trainer_data") / "train.jsonl"
-    rows = []
-    for _ in range(40):
-        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
-        rows.append({"conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture

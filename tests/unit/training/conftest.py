@@ -1,27 +1,8 @@
-"""Fixtures of the training tests: a small regenerated-style data set for the tiny target, and configs."""
+"""Fixtures of the training tests: configs of tiny runs (the data set, `train_file`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import json
-import random
-
 import pytest
-
-WORDS = ["def", "add", "return", "print", "import", "os", "hello", "world", "value", "a", "b", "+", "(", ")"]
-
-
-@pytest.fixture(scope="session")
-def train_file(tmp_path_factory):
-    """40 short conversations (user shows code, assistant continues), deterministic."""
-    rng = random.Random(0)
-    path = tmp_path_factory.mktemp("train_data") / "train.jsonl"
-    rows = []
-    for _ in range(40):
-        user = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
-        answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14)))
-        rows.append({"conversations": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture
