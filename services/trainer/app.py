@@ -18,22 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from copy import deepcopy
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from services.common.auth import ApiKeyMiddleware
 from services.common.errors import APIError, install_error_handlers
-from services.trainer.runner import LOG_FILE, job_dir, job_progress, log_tail
+from services.trainer.runner import LOG_FILE, cli_argv, job_dir, job_progress, log_tail
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
 from services.trainer.worker import enqueue, make_celery, requeue_lost
+from specserve.cli import build_parser
 from specserve.errors import InvalidRequestError
 from specserve.training.config import from_dict
 
@@ -42,14 +45,24 @@ router = APIRouter()
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+ArgValue = StrictStr | StrictInt | StrictFloat | StrictBool
+
+
 class JobRequest(BaseModel):
-    """A training job: the config of `specserve train` as JSON, and how many processes run it."""
+    """A job: a training (`config`, as JSON) or a regeneration / evaluation (`args`, the command's flags)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    config: dict[str, Any] = Field(description="sections model, loss, data, optim, train, checkpoint, logging, as "
-                                               "in a `specserve train --config` file (`checkpoint.dir` is set by "
-                                               "the service)")
+    kind: Literal["train", "regenerate", "eval"] = Field(
+        "train", description="train: `specserve train`; regenerate: `specserve data regenerate` (answers by the "
+                             "target); eval: `specserve eval` (τ per benchmark, per-position acceptance, calibration)")
+    config: dict[str, Any] | None = Field(None, description="train: sections model, loss, data, optim, train, "
+                                          "checkpoint, logging, as in a `specserve train --config` file "
+                                          "(`checkpoint.dir` is set by the service)")
+    args: dict[str, ArgValue | list[ArgValue]] | None = Field(
+        None, description="regenerate / eval: the command's flags by name, e.g. {\"target\": \"PATH\", "
+                          "\"max_tokens\": 96, \"suite\": [\"a.jsonl\", \"b.jsonl\"], \"overwrite\": true}; "
+                          "`out` is set by the service (the job's folder)")
     nproc: int = Field(1, ge=1, description="training processes (torchrun --nproc_per_node); at most max_nproc")
 
 
@@ -65,17 +78,22 @@ class JobObject(BaseModel):
     cancel_requested: bool
     exit_code: int | None
     error: str | None = Field(description="why it failed: the end of the training log")
-    result: dict[str, Any] | None = Field(description="`draft`: folder of the exported draft (--drafter auto:PATH)")
+    kind: str
+    result: dict[str, Any] | None = Field(description="train: `draft`, the exported draft's folder (--drafter "
+                                                      "auto:PATH); regenerate: `data`, the JSONL; eval: `report`, "
+                                                      "`results`; and `summary`, the end of the log")
     progress: dict[str, Any] | None = Field(None, description="`step`, `total_steps` and the newest logged "
                                                               "`metrics` (loss, τ, ...); null before the first step")
-    config: dict[str, Any]
+    config: dict[str, Any] | None = Field(description="a training's config")
+    args: dict[str, Any] | None = Field(description="a regeneration's or evaluation's flags")
 
     @classmethod
     def of(cls, job: JobView, settings: TrainerSettings | None = None) -> JobObject:
-        fields = ("id", "status", "nproc", "created_at", "started_at", "finished_at", "attempts",
-                  "cancel_requested", "exit_code", "error", "result", "config")
+        fields = ("id", "kind", "status", "nproc", "created_at", "started_at", "finished_at", "attempts",
+                  "cancel_requested", "exit_code", "error", "result")
         progress = None if settings is None or job.attempts == 0 else job_progress(job_dir(settings, job.id))
-        return cls(**{name: getattr(job, name) for name in fields}, progress=progress)
+        params = {"config": job.config, "args": None} if job.kind == "train" else {"config": None, "args": job.config}
+        return cls(**{name: getattr(job, name) for name in fields}, **params, progress=progress)
 
 
 class JobList(BaseModel):
@@ -145,6 +163,45 @@ def _job(state: TrainerState, job_id: str) -> JobView:
         raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
 
 
+def check_job(body: JobRequest, settings: TrainerSettings) -> dict[str, Any]:
+    """The job's parameters (a config or flags), refused as its command would refuse them; 400 naming the field."""
+    if body.nproc > settings.max_nproc:
+        raise APIError.bad_request("nproc", f"at most {settings.max_nproc} processes per job, got {body.nproc}")
+    given, other = ("config", "args") if body.kind == "train" else ("args", "config")
+    if getattr(body, other) is not None:
+        raise APIError.bad_request(other, f"a {body.kind} job takes `{given}`, not `{other}`")
+    params = getattr(body, given)
+    if params is None:
+        raise APIError.bad_request(given, f"a {body.kind} job needs `{given}`", "missing")
+    if body.kind == "train":
+        check_config(params)
+        return params
+    if body.nproc != 1:
+        raise APIError.bad_request("nproc", f"a {body.kind} job runs one process, got {body.nproc}")
+    check_args(body.kind, params)
+    return params
+
+
+def check_args(kind: str, args: dict[str, Any]) -> None:
+    """Parse the flags with the command's own parser: what it refuses (exit code 2) is a 400 with its message."""
+    for key, why in (("out", "is set by the trainer (the job's own folder)"), ("help", "is not a job argument")):
+        if key in args:
+            raise APIError.bad_request(f"args.{key}", f"{why}; leave it out")
+    command = "data regenerate" if kind == "regenerate" else kind
+    argv = cli_argv(kind, args, Path("job"))
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            parsed = vars(build_parser().parse_args(argv))
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines()
+        message = lines[-1].split(": error: ", 1)[-1] if lines else "invalid arguments"
+        raise APIError.bad_request("args", f"`specserve {command}`: {message}") from None
+    unknown = [key for key in args if key.replace("-", "_") not in parsed]
+    if unknown:  # argparse takes an abbreviation of a longer flag; the API takes whole names only
+        raise APIError.bad_request(f"args.{unknown[0]}", f"not a flag of `specserve {command}`")
+
+
 def check_config(config: dict[str, Any]) -> None:
     """Refuse what `specserve train` would refuse, naming the key (as `config.<section>.<key>`)."""
     if "dir" in (config.get("checkpoint") or {}):
@@ -158,15 +215,13 @@ def check_config(config: dict[str, Any]) -> None:
 
 @router.post("/v1/jobs", status_code=201, response_model=JobObject, responses={400: {}, 401: {}, 429: {}, 503: {}})
 def submit(body: JobRequest, request: Request) -> JobObject:
-    """Queue a training job; 429 with Retry-After when max_queued jobs already wait."""
+    """Queue a job; 429 with Retry-After when max_queued jobs already wait."""
     state = _state(request)
-    if body.nproc > state.settings.max_nproc:
-        raise APIError.bad_request("nproc", f"at most {state.settings.max_nproc} processes per job, got {body.nproc}")
-    check_config(body.config)
+    params = check_job(body, state.settings)
     if state.store.counts()[JobStatus.QUEUED] >= state.settings.max_queued:
         raise APIError(429, f"{state.settings.max_queued} jobs are already queued; retry later", None,
                        "queue_full", headers={"Retry-After": "60"})
-    job = state.store.submit(body.config, body.nproc)
+    job = state.store.submit(params, body.nproc, body.kind)
     try:
         enqueue(state.celery, job.id)
     except Exception as exc:  # the broker is unreachable: nothing will run it, so it must not stay queued
@@ -175,8 +230,7 @@ def submit(body: JobRequest, request: Request) -> JobObject:
         raise APIError(503, f"the job queue is unreachable ({type(exc).__name__}); nothing was queued", None,
                        "broker_unavailable", headers={"Retry-After": "10"}) from None
     state.submitted.inc()
-    log.info("job %s queued (%d process(es), algorithm %s)", job.id, job.nproc,
-             (job.config.get("model") or {}).get("algorithm", "dspark"))
+    log.info("job %s queued: %s, %d process(es)", job.id, job.kind, job.nproc)
     return JobObject.of(job)
 
 

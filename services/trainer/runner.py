@@ -1,10 +1,13 @@
-"""Run one training job: claim it, start `specserve train` (torchrun for nproc > 1), keep the lease, end it.
+"""Run one job: claim it, start its command, keep the lease, end it.
 
-The training runs as a child process in its own process group, writing to `state_dir/jobs/<id>/train.log`,
-with its checkpoints in `.../checkpoints`. Every job's config points there, so running the same job again
-(after its worker died, or after a release on shutdown) resumes from the latest checkpoint: `specserve
-train` resumes on its own when `checkpoint.dir` holds one. On Linux the child is killed when its worker
-dies (PR_SET_PDEATHSIG), so a lost worker never leaves a training run behind that would race the retry.
+A job is a training (`specserve train`, torchrun for nproc > 1), an answer regeneration (`specserve data
+regenerate`) or an evaluation (`specserve eval`). Its command runs as a child process in its own process
+group, writing to `state_dir/jobs/<id>/train.log`; its outputs stay in that folder (a training's checkpoints
+in `checkpoints/`, a regeneration's `regenerated.jsonl`, an evaluation's `eval/`). Running the same job again
+(after its worker died, or after a release on shutdown) therefore resumes it: `specserve train` resumes from
+the latest checkpoint in `checkpoint.dir`, `specserve data regenerate` from the rows its output holds.
+On Linux the child is killed when its worker dies (PR_SET_PDEATHSIG), so a lost worker never leaves a run
+behind that would race the retry.
 """
 
 from __future__ import annotations
@@ -47,11 +50,45 @@ def job_config(config: dict, directory: Path) -> dict:
     return out
 
 
-def training_command(nproc: int, config_path: Path) -> list[str]:
+KINDS = ("train", "regenerate", "eval")  # what a job runs: `specserve train`, `specserve data regenerate`, `eval`
+OUTPUTS = {"regenerate": "regenerated.jsonl", "eval": "eval"}  # where the job's own --out points, in its folder
+
+
+def cli_argv(kind: str, args: dict, directory: Path) -> list[str]:
+    """The `specserve` arguments of a regenerate or eval job: `{"max_tokens": 96, "suite": ["a", "b"],
+    "overwrite": true}` -> `--max-tokens 96 --suite a --suite b --overwrite`, then `--out` in the job's folder."""
+    argv = ["data", "regenerate"] if kind == "regenerate" else [kind]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        for item in value if isinstance(value, list) else [value]:
+            if item is True:
+                argv.append(flag)
+            elif item is not False and item is not None:
+                argv += [flag, str(item)]
+    return argv + ["--out", str((directory / OUTPUTS[kind]).resolve())]
+
+
+def job_command(kind: str, params: dict, nproc: int, directory: Path) -> list[str]:
+    """The child process of a job (torchrun for a training of nproc > 1); writes a training's config file."""
+    if kind != "train":
+        return [sys.executable, "-m", "specserve.cli", *cli_argv(kind, params, directory)]
+    config_path = directory / CONFIG_FILE
+    config_path.write_text(yaml.safe_dump(job_config(params, directory), sort_keys=False))
     train = ["-m", "specserve.training.cli", "--config", str(config_path)]
     if nproc == 1:
         return [sys.executable, *train]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+
+
+def job_result(kind: str, directory: Path) -> dict:
+    """What a finished job leaves: the exported draft, the regenerated data, or the evaluation report."""
+    summary = log_tail(directory / LOG_FILE, 40).strip()
+    if kind == "train":
+        return {"draft": str((directory / CHECKPOINTS / "final").resolve()), "summary": summary}
+    if kind == "regenerate":
+        return {"data": str((directory / OUTPUTS[kind]).resolve()), "summary": summary}
+    report = (directory / OUTPUTS[kind]).resolve()
+    return {"report": str(report / "results.md"), "results": str(report / "results.json"), "summary": summary}
 
 
 def log_tail(path: Path, lines: int) -> str:
@@ -112,10 +149,9 @@ class JobRunner:
         job = self.store.get(job_id)
         directory = job_dir(self.settings, job_id)
         directory.mkdir(parents=True, exist_ok=True)
-        config_path = directory / CONFIG_FILE
-        config_path.write_text(yaml.safe_dump(job_config(job.config, directory), sort_keys=False))
-        command = training_command(job.nproc, config_path)
-        log.info("job %s: attempt %d, %d process(es): %s", job_id, job.attempts, job.nproc, " ".join(command))
+        command = job_command(job.kind, job.config, job.nproc, directory)
+        log.info("job %s (%s): attempt %d, %d process(es): %s", job_id, job.kind, job.attempts, job.nproc,
+                 " ".join(command))
         with (directory / LOG_FILE).open("ab") as out:
             out.write(f"=== specserve trainer: attempt {job.attempts} by {owner}\n".encode())
             out.flush()
@@ -126,9 +162,9 @@ class JobRunner:
                 self.store.finish(job_id, owner, JobStatus.FAILED, error=f"could not start {command[0]}: {exc}")
                 log.error("job %s: could not start the training: %s", job_id, exc)
                 return JobStatus.FAILED.value
-        return self._supervise(job_id, owner, proc, directory)
+        return self._supervise(job_id, job.kind, owner, proc, directory)
 
-    def _supervise(self, job_id: str, owner: str, proc: subprocess.Popen, directory: Path) -> str:
+    def _supervise(self, job_id: str, kind: str, owner: str, proc: subprocess.Popen, directory: Path) -> str:
         while True:
             try:
                 code = proc.wait(timeout=self.settings.heartbeat_s)
@@ -151,13 +187,12 @@ class JobRunner:
                 log.info("job %s released on shutdown; it resumes from its latest checkpoint", job_id)
                 return "released"
         if code == 0:
-            final = directory / CHECKPOINTS / "final"
-            result = {"draft": str(final.resolve()), "summary": log_tail(directory / LOG_FILE, 40).strip()}
+            result = job_result(kind, directory)
             self.store.finish(job_id, owner, JobStatus.SUCCEEDED, 0, result=result)
-            log.info("job %s succeeded: %s", job_id, final)
+            log.info("job %s succeeded: %s", job_id, {k: v for k, v in result.items() if k != "summary"})
             return JobStatus.SUCCEEDED.value
-        # exit code 2: a config error `specserve train` explained in the log; anything else: a crash
-        error = log_tail(directory / LOG_FILE, 20).strip() or f"training exited with code {code}"
+        # exit code 2: an input error the command explained in the log; anything else: a crash
+        error = log_tail(directory / LOG_FILE, 20).strip() or f"{kind} exited with code {code}"
         self.store.finish(job_id, owner, JobStatus.FAILED, code, error=error)
         log.warning("job %s failed with exit code %s", job_id, code)
         return JobStatus.FAILED.value

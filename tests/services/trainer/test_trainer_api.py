@@ -49,13 +49,19 @@ def test_a_submitted_job_is_queued_listed_readable_and_cancellable(client_for):
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
     assert [j["id"] for j in client.get("/v1/jobs").json()["data"]] == [job["id"]]
     assert client.get("/v1/jobs", params={"status": "running"}).json()["data"] == []
+    assert (job["kind"], job["args"]) == ("train", None)
     log = client.get(f"/v1/jobs/{job['id']}/log")
     assert log.status_code == 200 and log.text == ""  # no worker started it
+    evaluation = client.post("/v1/jobs", json={"kind": "eval", "args": {
+        "target": "/t", "draft": ["a=ngram", "b=none"], "suite": "/s.jsonl", "max_new_tokens": 16}})
+    assert evaluation.status_code == 201, evaluation.text
+    assert (evaluation.json()["kind"], evaluation.json()["config"]) == ("eval", None)
+    assert evaluation.json()["args"]["draft"] == ["a=ngram", "b=none"]
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
     metrics = client.get("/metrics").text
     assert 'specserve:trainer_jobs{status="cancelled"} 1.0' in metrics
-    assert 'specserve:trainer_jobs{status="queued"} 0.0' in metrics
+    assert 'specserve:trainer_jobs{status="queued"} 1.0' in metrics  # the evaluation
 
 
 @pytest.mark.parametrize("body, param, words", [
@@ -70,7 +76,20 @@ def test_a_submitted_job_is_queued_listed_readable_and_cancellable(client_for):
     ({"config": minimal_config(), "nproc": 9}, "nproc", "at most 8 processes"),
     ({"config": minimal_config(), "priority": 1}, "priority", "unknown"),
     ({"config": "model.target=/t"}, "config", "dictionary"),
-    ({}, "config", "required"),
+    ({}, "config", "a train job needs `config`"),
+    ({"kind": "train", "args": {"target": "/t"}}, "args", "takes `config`, not `args`"),
+    ({"kind": "regenerate", "config": minimal_config()}, "config", "takes `args`, not `config`"),
+    ({"kind": "regenerate", "args": {"input": "/p.jsonl"}}, "args", "required: --target"),
+    ({"kind": "regenerate", "args": {"target": "/t", "input": "/p.jsonl", "max_tokens": "many"}}, "args",
+     "--max-tokens: invalid int value: 'many'"),
+    ({"kind": "regenerate", "args": {"target": "/t", "input": "/p.jsonl", "max_tok": 5}}, "args.max_tok",
+     "not a flag of `specserve data regenerate`"),
+    ({"kind": "regenerate", "args": {"target": "/t", "input": "/p.jsonl", "out": "/etc/x"}}, "args.out",
+     "set by the trainer"),
+    ({"kind": "eval", "args": {"target": "/t", "draft": "ngram", "suite": "/s.jsonl"}, "nproc": 2}, "nproc",
+     "runs one process"),
+    ({"kind": "eval", "args": {"target": "/t", "draft": "ngram", "suite": {"a": 1}}}, "args", "valid"),
+    ({"kind": "distill", "config": minimal_config()}, "kind", "'train', 'regenerate' or 'eval'"),
 ])
 def test_bad_submissions_are_400s_naming_the_field_and_queue_nothing(client_for, body, param, words):
     client = client_for()
@@ -191,7 +210,7 @@ def test_a_training_that_cannot_start_fails_the_job_with_the_reason(tmp_path, mo
     settings = TrainerSettings(state_dir=tmp_path)
     store = JobStore(settings.store_url)
     job = store.submit(minimal_config())
-    monkeypatch.setattr(runner, "training_command", lambda nproc, path: [str(tmp_path / "no-such-python")])
+    monkeypatch.setattr(runner, "job_command", lambda *args: [str(tmp_path / "no-such-python")])
     assert runner.JobRunner(settings, store).run(job.id, "w") == "failed"
     failed = store.get(job.id)
     assert failed.status is JobStatus.FAILED and "could not start" in failed.error and "no-such-python" in failed.error
