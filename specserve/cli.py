@@ -178,7 +178,7 @@ def _add_serve(sub) -> None:
         p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
         p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
         p.add_argument("--trainer-url", help="trainer API (http://host:8100) to forward /v1/jobs* to (its key: "
-                                             "SPECSERVE_TRAINER_API_KEY); unset = no training jobs here")
+                                             "SPECSERVE_TRAINER_CLIENT_KEY); unset = no training jobs here")
         p.set_defaults(func=cmd_serve)
     serve.add_argument("--drafter", help="drafter spec, as for `generate` (default: the bundled demo DSpark draft, "
                                          "dspark:models/demo/dspark)")

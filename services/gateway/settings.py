@@ -53,7 +53,7 @@ class GatewaySettings(BaseSettings):
     # --- training jobs (proxied to the trainer API) ---------------------------------------------------
     trainer_url: str | None = Field(None, description="the trainer API (http://host:8100); set = /v1/jobs* are "
                                                       "forwarded there; unset = they answer 404")
-    trainer_api_key: str | None = Field(None, repr=False, description="the key the gateway sends to the trainer")
+    trainer_client_key: str | None = Field(None, repr=False, description="the key the gateway sends to the trainer")
     trainer_timeout_s: float = Field(30.0, gt=0, description="how long a proxied jobs call may take")
 
     # --- verification budget ----------------------------------------------------------------------

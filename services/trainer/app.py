@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
+import re
 from copy import deepcopy
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,22 +29,23 @@ from typing import Annotated, Any, Literal
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from sqlalchemy.exc import DBAPIError
 
 from services.common.auth import ApiKeyMiddleware
-from services.common.errors import APIError, install_error_handlers
+from services.common.errors import APIError, error_response, install_error_handlers
 from services.trainer.runner import LOG_FILE, cli_argv, job_dir, job_progress, log_tail
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
-from services.trainer.worker import enqueue, make_celery, requeue_lost
+from services.trainer.worker import enqueue, maintain, make_celery
 from specserve.cli import build_parser
 from specserve.errors import InvalidRequestError
 from specserve.training.config import from_dict
 
 log = logging.getLogger("specserve.trainer")
 router = APIRouter()
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JOB_ID = re.compile(r"job-[0-9a-f]{24}")  # as JobStore.submit makes them
 
 
 ArgValue = StrictStr | StrictInt | StrictFloat | StrictBool
@@ -133,17 +136,24 @@ def create_app(settings: TrainerSettings, store: JobStore | None = None) -> Fast
     app = FastAPI(title="specserve trainer", version="0.1.0", lifespan=lifespan,
                   description="Training jobs for DSpark, DFlash and Eagle3 drafts, run by Celery workers.")
     install_error_handlers(app)
+
+    @app.exception_handler(DBAPIError)
+    async def _store_down(request: Request, exc: DBAPIError):
+        log.error("job store error on %s %s: %s", request.method, request.url.path, exc.orig)
+        return error_response(503, f"the job store is unreachable or failed ({type(exc.orig).__name__}); retry "
+                                   "shortly", None, "store_unavailable", {"Retry-After": "5"})
+
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.include_router(router)
     return app
 
 
 async def _reap(state: TrainerState) -> None:
-    """Every lease_s / 2: jobs whose worker stopped reporting go back on the queue."""
+    """Every lease_s / 2, the reaper's pass (`worker.maintain`): lost jobs requeued, unsent messages sent."""
     while True:
         await asyncio.sleep(state.settings.lease_s / 2)
         try:
-            ids = await asyncio.to_thread(requeue_lost, state.celery, state.store, state.settings)
+            ids = await asyncio.to_thread(maintain, state.celery, state.store, state.settings)
             state.requeued.inc(len(ids))
         except Exception:  # store or broker down: /ready says so; try again next period
             log.exception("requeueing lost jobs failed")
@@ -156,15 +166,38 @@ def _state(request: Request) -> TrainerState:
     return state
 
 
+def _not_found(job_id: str) -> APIError:
+    return APIError(404, f"no job {job_id!r}", "job_id", "job_not_found")
+
+
+def _job_id(job_id: str) -> str:
+    """A well-formed id, or 404 without asking the store (which may refuse odd bytes such as NUL)."""
+    if not JOB_ID.fullmatch(job_id):
+        raise _not_found(job_id)
+    return job_id
+
+
 def _job(state: TrainerState, job_id: str) -> JobView:
     try:
-        return state.store.get(job_id)
+        return state.store.get(_job_id(job_id))
     except JobNotFound:
-        raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
+        raise _not_found(job_id) from None
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """NaN and ±Infinity (which Python's JSON reader accepts) are no JSON: PostgreSQL refuses them, and the
+    YAML config a training reads would spell them differently."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise APIError.bad_request(path, f"must be a finite number, got {value}")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        _check_finite(item, f"{path}.{key}")
 
 
 def check_job(body: JobRequest, settings: TrainerSettings) -> dict[str, Any]:
     """The job's parameters (a config or flags), refused as its command would refuse them; 400 naming the field."""
+    _check_finite(body.config, "config")
+    _check_finite(body.args, "args")
     if body.nproc > settings.max_nproc:
         raise APIError.bad_request("nproc", f"at most {settings.max_nproc} processes per job, got {body.nproc}")
     given, other = ("config", "args") if body.kind == "train" else ("args", "config")
@@ -204,7 +237,8 @@ def check_args(kind: str, args: dict[str, Any]) -> None:
 
 def check_config(config: dict[str, Any]) -> None:
     """Refuse what `specserve train` would refuse, naming the key (as `config.<section>.<key>`)."""
-    if "dir" in (config.get("checkpoint") or {}):
+    checkpoint = config.get("checkpoint")
+    if isinstance(checkpoint, dict) and "dir" in checkpoint:
         raise APIError.bad_request("config.checkpoint.dir", "is set by the trainer (every job writes its "
                                    "checkpoints in its own folder, where a retry resumes them); leave it out")
     try:
@@ -223,9 +257,10 @@ def submit(body: JobRequest, request: Request) -> JobObject:
                        "queue_full", headers={"Retry-After": "60"})
     job = state.store.submit(params, body.nproc, body.kind)
     try:
-        enqueue(state.celery, job.id)
-    except Exception as exc:  # the broker is unreachable: nothing will run it, so it must not stay queued
-        state.store.cancel(job.id)
+        enqueue(state.celery, state.store, job.id)
+    except Exception as exc:  # the broker is unreachable: cancel it rather than run it at some later time
+        with contextlib.suppress(Exception):  # the store too: the reaper sends it once the broker is back
+            state.store.cancel(job.id)
         log.error("job %s: broker unreachable (%s); cancelled", job.id, exc)
         raise APIError(503, f"the job queue is unreachable ({type(exc).__name__}); nothing was queued", None,
                        "broker_unavailable", headers={"Retry-After": "10"}) from None
@@ -239,9 +274,9 @@ def list_jobs(request: Request, status: JobStatus | None = None,
               limit: Annotated[int, Query(ge=1, le=100)] = 20,
               before: Annotated[float | None, Query(description="created_at of the last job of the previous page")]
               = None) -> JobList:
-    """Jobs, newest first."""
+    """Jobs, newest first (`progress` only in GET /v1/jobs/{id}: it reads the job's files)."""
     state = _state(request)
-    return JobList(data=[JobObject.of(j, state.settings) for j in state.store.list(status, limit, before)])
+    return JobList(data=[JobObject.of(j) for j in state.store.list(status, limit, before)])
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobObject, responses={404: {}})
@@ -263,9 +298,9 @@ def cancel_job(job_id: str, request: Request) -> JobObject:
     """Cancel: a queued job at once; a running one is stopped by its worker within heartbeat_s (SIGTERM)."""
     state = _state(request)
     try:
-        return JobObject.of(state.store.cancel(job_id), state.settings)
+        return JobObject.of(state.store.cancel(_job_id(job_id)), state.settings)
     except JobNotFound:
-        raise APIError(404, f"no job {job_id!r}", "job_id", "job_not_found") from None
+        raise _not_found(job_id) from None
     except JobFinished as exc:
         raise APIError(409, str(exc), "job_id", "job_finished") from None
 
@@ -300,7 +335,7 @@ def metrics(request: Request) -> Response:
     state = _state(request)
     for status, count in state.store.counts().items():
         state.jobs.labels(status=status.value).set(count)
-    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE)
+    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def serve(settings: TrainerSettings) -> None:

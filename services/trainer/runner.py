@@ -6,13 +6,14 @@ group, writing to `state_dir/jobs/<id>/train.log`; its outputs stay in that fold
 in `checkpoints/`, a regeneration's `regenerated.jsonl`, an evaluation's `eval/`). Running the same job again
 (after its worker died, or after a release on shutdown) therefore resumes it: `specserve train` resumes from
 the latest checkpoint in `checkpoint.dir`, `specserve data regenerate` from the rows its output holds.
-On Linux the child is killed when its worker dies (PR_SET_PDEATHSIG), so a lost worker never leaves a run
-behind that would race the retry.
+The command is started through `specserve.procs`, so on Linux the kernel kills it when its worker dies, and
+every torchrun rank when torchrun dies: a lost worker never leaves a run behind that would race the retry.
+A worker that cannot reach the store stops its command before its lease can expire, for the same reason.
 """
 
 from __future__ import annotations
 
-import ctypes
+import datetime
 import json
 import logging
 import os
@@ -22,7 +23,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections import deque
+import time
+import uuid
 from copy import deepcopy
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import yaml
 
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import Claim, JobStatus, JobStore
+from specserve.procs import ENV
 
 log = logging.getLogger("specserve.trainer")
 
@@ -69,15 +72,17 @@ def cli_argv(kind: str, args: dict, directory: Path) -> list[str]:
 
 
 def job_command(kind: str, params: dict, nproc: int, directory: Path) -> list[str]:
-    """The child process of a job (torchrun for a training of nproc > 1); writes a training's config file."""
+    """The child process of a job (torchrun for a training of nproc > 1), started through `specserve.procs` so
+    that it dies with this worker; writes a training's config file."""
+    guard = [sys.executable, "-m", "specserve.procs", str(os.getpid()), sys.executable]
     if kind != "train":
-        return [sys.executable, "-m", "specserve.cli", *cli_argv(kind, params, directory)]
+        return [*guard, "-m", "specserve.cli", *cli_argv(kind, params, directory)]
     config_path = directory / CONFIG_FILE
     config_path.write_text(yaml.safe_dump(job_config(params, directory), sort_keys=False))
     train = ["-m", "specserve.training.cli", "--config", str(config_path)]
     if nproc == 1:
-        return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
+        return [*guard, *train]
+    return [*guard, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
 
 
 def job_result(kind: str, directory: Path) -> dict:
@@ -91,12 +96,20 @@ def job_result(kind: str, directory: Path) -> dict:
     return {"report": str(report / "results.md"), "results": str(report / "results.json"), "summary": summary}
 
 
-def log_tail(path: Path, lines: int) -> str:
+def log_tail(path: Path, lines: int, max_bytes: int = 1 << 22) -> str:
+    """The last `lines` lines of a text file, read backwards from its end, at most `max_bytes` of it."""
     try:
         with path.open("rb") as f:
-            return b"".join(deque(f, maxlen=lines)).decode("utf-8", "replace")
+            end = f.seek(0, os.SEEK_END)
+            start, pos, data = max(0, end - max_bytes), end, b""
+            while pos > start and data.count(b"\n") <= lines:
+                step = min(1 << 16, pos - start)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
     except FileNotFoundError:
         return ""
+    return b"".join(data.splitlines(keepends=True)[-lines:]).decode("utf-8", "replace")
 
 
 def job_progress(directory: Path) -> dict | None:
@@ -118,13 +131,6 @@ def job_progress(directory: Path) -> dict | None:
     return {"step": step, "total_steps": int(found[-1]) if found else None, "metrics": record}
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:  # not Linux/glibc: the lease still keeps a second run from starting while this one reports
-        pass
-
-
 class JobRunner:
     """Runs jobs for one worker process; `stop()` (worker shutdown) hands a running job back to the queue."""
 
@@ -141,61 +147,100 @@ class JobRunner:
 
     def run(self, job_id: str, owner: str | None = None) -> str:
         """Claim and run `job_id` to its end; returns what happened (claimed jobs: their final status)."""
-        owner = owner or f"{socket.gethostname()}:{os.getpid()}:{job_id}"
-        claim = self.store.claim(job_id, owner, self.settings.lease_s)
+        owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        claim = self.store.claim(job_id, owner)
         if claim is not Claim.CLAIMED:
             log.info("job %s not run: %s", job_id, claim.value)
             return claim.value
-        job = self.store.get(job_id)
-        directory = job_dir(self.settings, job_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        command = job_command(job.kind, job.config, job.nproc, directory)
-        log.info("job %s (%s): attempt %d, %d process(es): %s", job_id, job.kind, job.attempts, job.nproc,
-                 " ".join(command))
-        with (directory / LOG_FILE).open("ab") as out:
-            out.write(f"=== specserve trainer: attempt {job.attempts} by {owner}\n".encode())
-            out.flush()
-            try:
+        try:
+            job = self.store.get(job_id)
+            directory = job_dir(self.settings, job_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            command = job_command(job.kind, job.config, job.nproc, directory)
+            log.info("job %s (%s): attempt %d, %d process(es): %s", job_id, job.kind, job.attempts, job.nproc,
+                     " ".join(command))
+            with (directory / LOG_FILE).open("ab") as out:
+                stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+                out.write(f"=== specserve trainer: attempt {job.attempts} by {owner} at {stamp}\n".encode())
+                out.flush()
                 proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
-            except OSError as exc:  # nothing started: say why instead of leaving the lease to expire
-                self.store.finish(job_id, owner, JobStatus.FAILED, error=f"could not start {command[0]}: {exc}")
-                log.error("job %s: could not start the training: %s", job_id, exc)
-                return JobStatus.FAILED.value
-        return self._supervise(job_id, job.kind, owner, proc, directory)
+                                        start_new_session=True, env={**os.environ, ENV: "1"})
+        except Exception as exc:  # nothing started (a full volume, no interpreter): say why, do not retry
+            self._record(job_id, owner, JobStatus.FAILED, error=f"could not start the job: {exc}")
+            log.error("job %s: could not start: %s", job_id, exc)
+            return JobStatus.FAILED.value
+        try:
+            return self._supervise(job_id, job.kind, owner, proc, directory)
+        finally:
+            if proc.poll() is None:  # an error escaped (a bug): never leave the command running unsupervised
+                self._terminate(proc)
 
     def _supervise(self, job_id: str, kind: str, owner: str, proc: subprocess.Popen, directory: Path) -> str:
+        beat = self.settings.heartbeat_s
+        last_ok = time.monotonic()
         while True:
             try:
-                code = proc.wait(timeout=self.settings.heartbeat_s)
+                code = proc.wait(timeout=beat)
                 break
             except subprocess.TimeoutExpired:
                 pass
-            owned, cancel = self.store.heartbeat(job_id, owner)
+            try:
+                owned, cancel = self.store.heartbeat(job_id, owner)
+                last_ok = time.monotonic()
+            except Exception as exc:  # the store is unreachable: retry, but stop before the lease can expire
+                if time.monotonic() - last_ok < self.settings.lease_s - 2 * beat - self.settings.stop_grace_s:
+                    log.warning("job %s: heartbeat failed (%s); retrying", job_id, exc)
+                    continue
+                self._terminate(proc)
+                log.error("job %s: no heartbeat for %.0f s (%s); stopped, the reaper queues it again", job_id,
+                          time.monotonic() - last_ok, exc)
+                return "lost"
             if not owned:  # the lease expired (this worker stalled) and the job was requeued: stop, write nothing
                 self._terminate(proc)
-                log.warning("job %s: lease lost, training stopped", job_id)
+                log.warning("job %s: lease lost, its command stopped", job_id)
                 return "lost"
             if cancel:
                 self._terminate(proc)
-                self.store.finish(job_id, owner, JobStatus.CANCELLED, proc.returncode, "cancelled on request")
+                self._record(job_id, owner, JobStatus.CANCELLED, proc.returncode, "cancelled on request")
                 log.info("job %s cancelled", job_id)
                 return JobStatus.CANCELLED.value
             if self._stopping.is_set():
                 self._terminate(proc)
-                self.store.release(job_id, owner)
-                log.info("job %s released on shutdown; it resumes from its latest checkpoint", job_id)
-                return "released"
+                if self._retry(lambda: self.store.release(job_id, owner)):
+                    log.info("job %s released on shutdown; it resumes from where it stopped", job_id)
+                    return "released"
+                return "lost"
         if code == 0:
             result = job_result(kind, directory)
-            self.store.finish(job_id, owner, JobStatus.SUCCEEDED, 0, result=result)
+            self._record(job_id, owner, JobStatus.SUCCEEDED, 0, result=result)
             log.info("job %s succeeded: %s", job_id, {k: v for k, v in result.items() if k != "summary"})
             return JobStatus.SUCCEEDED.value
         # exit code 2: an input error the command explained in the log; anything else: a crash
         error = log_tail(directory / LOG_FILE, 20).strip() or f"{kind} exited with code {code}"
-        self.store.finish(job_id, owner, JobStatus.FAILED, code, error=error)
+        self._record(job_id, owner, JobStatus.FAILED, code, error=error)
         log.warning("job %s failed with exit code %s", job_id, code)
         return JobStatus.FAILED.value
+
+    def _record(self, job_id: str, owner: str, status: JobStatus, exit_code: int | None = None,
+                error: str | None = None, result: dict | None = None) -> None:
+        """End the job in the store, retrying a store that fails; a job this owner no longer holds is left as
+        it is (its lease expired meanwhile: the reaper has queued it again)."""
+        if not self._retry(lambda: self.store.finish(job_id, owner, status, exit_code, error, result)):
+            log.warning("job %s: not recorded as %s (lease lost, or the store is down; the reaper queues it "
+                        "again and the next attempt resumes)", job_id, status.value)
+
+    def _retry(self, write) -> bool:
+        """`write()` (a conditional store write returning whether it applied), retried while the store fails,
+        for at most lease_s: False when it did not apply or the store stayed down."""
+        deadline = time.monotonic() + self.settings.lease_s
+        while True:
+            try:
+                return bool(write())
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    log.error("store write failed for %.0f s: %s", self.settings.lease_s, exc)
+                    return False
+                time.sleep(self.settings.heartbeat_s)
 
     def _terminate(self, proc: subprocess.Popen) -> None:
         """SIGTERM the training's process group (torchrun and its workers), SIGKILL after stop_grace_s."""

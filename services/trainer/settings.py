@@ -41,10 +41,12 @@ class TrainerSettings(BaseSettings):
     lease_s: float = Field(60.0, gt=0, description="a running job not reported for this long is taken as lost "
                                                    "(its worker died) and queued again; it resumes from its "
                                                    "latest checkpoint")
-    max_attempts: int = Field(3, ge=1, description="a job whose worker is lost this many times fails instead of "
-                                                   "being queued again")
-    stop_grace_s: float = Field(30.0, ge=0, description="on cancel, SIGTERM the training and wait this long "
-                                                         "before SIGKILL")
+    max_lost_workers: int = Field(3, ge=1, description="a job whose worker is lost this many times fails instead "
+                                                       "of being queued again (a release on shutdown is no loss)")
+    stop_grace_s: float = Field(30.0, ge=0, description="stopping a job's command (cancel, shutdown, lost lease): "
+                                                         "SIGTERM, then SIGKILL after this long")
+    resend_s: float = Field(900.0, gt=0, description="a job queued this long since its message was sent is sent "
+                                                      "again (the message may be lost; a duplicate is dropped)")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -53,9 +55,10 @@ class TrainerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _leases(self):
-        if self.lease_s <= 2 * self.heartbeat_s:
-            raise ValueError(f"lease_s ({self.lease_s}) must exceed twice heartbeat_s ({self.heartbeat_s}): a "
-                             "live job would be taken for lost between two reports")
+        if self.lease_s <= 2 * self.heartbeat_s + self.stop_grace_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must exceed twice heartbeat_s ({self.heartbeat_s}) plus "
+                             f"stop_grace_s ({self.stop_grace_s}): a live job would be taken for lost between two "
+                             "reports, or while its command is being stopped")
         return self
 
     @property

@@ -1,11 +1,15 @@
 """The job store: one SQLAlchemy model, the same on SQLite (embedded) and PostgreSQL (scale-out).
 
-A job is claimed by one worker at a time. `claim` is a single conditional UPDATE (queued, or running
-with an expired lease -> running under this owner), so two workers that receive the same job (a broker
-redelivery, a requeue racing a slow worker) cannot both run it: the database decides. The owner keeps
-its lease with `heartbeat`; every later write is conditional on still owning the job, so a worker that
-lost its lease (paused past `lease_s`, then woke up) can no longer change the job's state.
-Times are UNIX seconds (floats), the same on every backend.
+A job is claimed by one worker at a time. `claim` is a single conditional UPDATE (queued -> running under
+this owner), so two workers that receive the same job (a broker redelivery, a message sent again) cannot
+both run it: the database decides. The owner keeps its lease with `heartbeat`; a running job whose lease
+expired goes back to queued only through `requeue_lost` (which counts the lost worker), and every write of
+an owner is conditional on still owning the job, so a worker that lost its lease (paused past `lease_s`,
+then woke up) can no longer change the job's state. `enqueued_at` records when the job's message was last
+sent: a queued job whose message was lost (a broker restarted empty, a send that failed after the job was
+stored) is found by `unsent` and sent again.
+Times are UNIX seconds (floats), the same on every backend; the hosts' clocks must agree to well within
+`lease_s` (NTP).
 """
 
 from __future__ import annotations
@@ -71,7 +75,10 @@ class Job(Base):
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)  # first claim
     finished_at: Mapped[float | None] = mapped_column(Float)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (> 1: resumed after a lost worker)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (> 1: resumed after a lost worker
+    # or a release on worker shutdown)
+    lost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # workers lost while running it
+    enqueued_at: Mapped[float | None] = mapped_column(Float)  # when its message was last sent
     owner: Mapped[str | None] = mapped_column(String(200))  # worker holding the lease (host:pid:task)
     heartbeat_at: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -93,6 +100,8 @@ class JobView:
     started_at: float | None
     finished_at: float | None
     attempts: int
+    lost: int
+    enqueued_at: float | None
     owner: str | None
     heartbeat_at: float | None
     cancel_requested: bool
@@ -168,7 +177,7 @@ class JobStore:
     # --- API side -------------------------------------------------------------------------------------
     def submit(self, config: dict, nproc: int = 1, kind: str = "train") -> JobView:
         row = Job(id=f"job-{uuid.uuid4().hex[:24]}", kind=kind, status=JobStatus.QUEUED.value, config=config,
-                  nproc=nproc, created_at=time.time(), attempts=0, cancel_requested=False)
+                  nproc=nproc, created_at=time.time(), attempts=0, lost=0, cancel_requested=False)
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()
@@ -213,34 +222,42 @@ class JobStore:
             raise JobFinished(f"job {job_id!r} has already {view.status.value}")
         return view
 
-    def requeue_lost(self, lease_s: float, max_attempts: int) -> tuple[list[str], list[str]]:
-        """Running jobs whose lease expired (their worker died) go back to queued, unless they have had
-        `max_attempts` already: those fail (a job that takes its worker down every time must not loop).
-        Returns (requeued ids, failed ids)."""
+    def requeue_lost(self, lease_s: float, max_lost: int) -> tuple[list[str], list[str]]:
+        """Running jobs whose lease expired (their worker died) go back to queued, unless their worker was lost
+        `max_lost` times: those fail (a job that takes its worker down every time must not loop).
+        Returns (requeued ids, failed ids), as the UPDATEs changed them (concurrent reapers split them)."""
         now = time.time()
         lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
         with Session(self.engine) as s, s.begin():
-            rows = s.execute(select(Job.id, Job.attempts, Job.owner).where(*lost)).all()
-            again = [job_id for job_id, attempts, _ in rows if attempts < max_attempts]
-            if again:
-                s.execute(update(Job).where(Job.id.in_(again), *lost).values(status=JobStatus.QUEUED.value, owner=None))
-            failed = []
-            for job_id, attempts, owner in rows:
-                if attempts >= max_attempts:
-                    s.execute(update(Job).where(Job.id == job_id, *lost).values(
-                        status=JobStatus.FAILED.value, finished_at=now, owner=None,
-                        error=f"its worker was lost {attempts} time(s), the last one {owner}; not retried past "
-                              f"max_attempts={max_attempts} (see the log)"))
-                    failed.append(job_id)
-        return again, failed
+            again = s.scalars(update(Job).where(*lost, Job.lost + 1 < max_lost)
+                              .values(status=JobStatus.QUEUED.value, owner=None, lost=Job.lost + 1)
+                              .returning(Job.id)).all()
+            failed = s.scalars(update(Job).where(*lost).values(
+                status=JobStatus.FAILED.value, finished_at=now, lost=Job.lost + 1,
+                error=f"its worker was lost {max_lost} times (the last one: " + func.coalesce(Job.owner, "?")
+                + f"); not retried past max_lost_workers={max_lost} (see the log)", owner=None).returning(Job.id)).all()
+        return list(again), list(failed)
+
+    def unsent(self, older_than_s: float) -> list[str]:
+        """Queued jobs whose message was last sent (or never) more than `older_than_s` ago."""
+        cutoff = time.time() - older_than_s
+        with Session(self.engine) as s:
+            return list(s.scalars(select(Job.id).where(
+                Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False),
+                (Job.enqueued_at.is_(None) & (Job.created_at < cutoff)) | (Job.enqueued_at < cutoff))))
+
+    def mark_enqueued(self, job_id: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=time.time()))
 
     # --- worker side ----------------------------------------------------------------------------------
-    def claim(self, job_id: str, owner: str, lease_s: float) -> Claim:
+    def claim(self, job_id: str, owner: str) -> Claim:
+        """Queued -> running under `owner` (a running job, even one whose lease expired, is BUSY: only
+        `requeue_lost` takes a job from a lost worker, and counts it)."""
         now = time.time()
-        claimable = ((Job.status == JobStatus.QUEUED.value)
-                     | ((Job.status == JobStatus.RUNNING.value) & (Job.heartbeat_at < now - lease_s)))
         with Session(self.engine) as s, s.begin():
-            done = s.execute(update(Job).where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+            done = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value,
+                                               Job.cancel_requested.is_(False))
                              .values(status=JobStatus.RUNNING.value, owner=owner, heartbeat_at=now,
                                      attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now)))
             if done.rowcount:

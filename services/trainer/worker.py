@@ -1,9 +1,10 @@
 """The Celery side of the trainer: the app, its one task, and the reaper that requeues lost jobs.
 
 A message only says "run job X"; the job store decides whether this worker may (see `store.claim`), so a
-duplicate delivery, a redelivery after a broker visibility timeout, or a requeue racing a slow worker
-never runs a job twice at once. Messages are acknowledged late and rejected when the worker is lost, and
-a worker runs one job at a time in its main process (`--pool solo`): a training job owns its devices,
+duplicate delivery, a redelivery after a broker visibility timeout, or a message sent again by the reaper
+never runs a job twice at once. Messages are acknowledged late, and a worker runs one job at a time in its
+main process (`--pool solo`; a worker lost with its message unacknowledged leaves the job to the reaper,
+which requeues it once its lease expires): a training job owns its devices,
 and a warm shutdown (SIGTERM, e.g. a pod eviction) reaches the job, which stops its training and
 returns to the queue to resume from its latest checkpoint on another worker.
 """
@@ -52,28 +53,40 @@ def make_celery(settings: TrainerSettings) -> Celery:
         if job_runner().stopping:  # delivered during a warm shutdown: leave it to another worker
             raise Reject("worker shutting down", requeue=True)
         owner = f"{socket.gethostname()}:{os.getpid()}:{task.request.id}"
-        outcome = job_runner().run(job_id, owner)
+        runner_ = job_runner()
+        outcome = runner_.run(job_id, owner)
         if outcome == "released":  # this message is acknowledged on return: queue the job again
-            enqueue(app, job_id)
+            try:
+                enqueue(app, runner_.store, job_id)
+            except Exception as exc:  # left to the reaper's resend (resend_s)
+                log.warning("job %s: sending it again failed (%s)", job_id, exc)
         return outcome
 
     app.job_runner = job_runner  # the worker entry point stops it on shutdown
     return app
 
 
-def enqueue(app: Celery, job_id: str) -> None:
+def enqueue(app: Celery, store: JobStore, job_id: str) -> None:
+    """Send the job's message and record when (a send that fails leaves the job to `maintain`)."""
     app.send_task(TASK, args=[job_id])
+    store.mark_enqueued(job_id)
 
 
-def requeue_lost(app: Celery, store: JobStore, settings: TrainerSettings) -> list[str]:
-    """Put jobs whose worker stopped reporting back on the queue (they resume from their checkpoints), or fail
-    them after max_attempts; returns the requeued ids."""
-    again, failed = store.requeue_lost(settings.lease_s, settings.max_attempts)
+def maintain(app: Celery, store: JobStore, settings: TrainerSettings) -> list[str]:
+    """One pass of the reaper: jobs whose worker stopped reporting go back on the queue (they resume from
+    their checkpoints) or fail after max_lost_workers; queued jobs whose message was sent more than resend_s
+    ago (or never) are sent again. Returns the requeued ids. Each job is handled on its own: one failed send
+    leaves the others to be sent, and itself to the next pass."""
+    again, failed = store.requeue_lost(settings.lease_s, settings.max_lost_workers)
+    for job_id in failed:
+        log.error("job %s: its worker was lost %d times; failed", job_id, settings.max_lost_workers)
     for job_id in again:
         log.warning("job %s: its worker stopped reporting for %.0f s; queued again", job_id, settings.lease_s)
-        enqueue(app, job_id)
-    for job_id in failed:
-        log.error("job %s: its worker was lost %d times; failed", job_id, settings.max_attempts)
+    for job_id in dict.fromkeys([*again, *store.unsent(settings.resend_s)]):
+        try:
+            enqueue(app, store, job_id)
+        except Exception as exc:  # the broker is down: the job stays queued, unsent, for the next pass
+            log.warning("job %s: sending its message failed (%s); retried next pass", job_id, exc)
     return again
 
 
@@ -85,14 +98,15 @@ def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:
     @signals.worker_ready.connect(weak=False)
     def _ready(**_):
         store = app.job_runner().store
-        requeue_lost(app, store, settings)  # jobs of a worker that died before this one started
 
-        def reap():
-            while not stop_reaper.wait(settings.lease_s / 2):
+        def reap():  # the first pass at once: jobs of a worker that died before this one started
+            while True:
                 try:
-                    requeue_lost(app, store, settings)
+                    maintain(app, store, settings)
                 except Exception:  # the store is down: say so, try again next period
-                    log.exception("requeueing lost jobs failed")
+                    log.exception("the reaper's pass failed")
+                if stop_reaper.wait(settings.lease_s / 2):
+                    return
 
         threading.Thread(target=reap, name="trainer-reaper", daemon=True).start()
 

@@ -103,8 +103,13 @@ def cmd_train(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m specserve.training.cli` (what torchrun launches)."""
-    from specserve.errors import SpecServeError
+    import os
 
+    from specserve.errors import SpecServeError
+    from specserve.procs import ENV, die_with_parent
+
+    if os.environ.get(ENV) == "1":  # a rank of a torchrun the trainer service supervises: die with torchrun
+        die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="specserve")
     add_train_parser(parser.add_subparsers(dest="command", required=True))

@@ -40,7 +40,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def test_jobs_are_submitted_listed_and_cancelled_through_the_gateway_with_its_own_keys(trainer, tiny_target_dir):
-    with gateway_for(tiny_target_dir, trainer_url=trainer.url, trainer_api_key=TRAINER_KEY) as gateway:
+    with gateway_for(tiny_target_dir, trainer_url=trainer.url, trainer_client_key=TRAINER_KEY) as gateway:
         base = f"{gateway.url}/v1/jobs"
         assert httpx.post(base, json={"config": CONFIG}).status_code == 401  # the gateway's keys guard it
         created = httpx.post(base, json={"config": CONFIG, "nproc": 2}, headers=AUTH)
@@ -66,7 +66,7 @@ def test_without_a_trainer_or_with_a_wrong_key_or_a_dead_trainer_the_gateway_say
     with gateway_for(tiny_target_dir) as gateway:
         off = httpx.get(f"{gateway.url}/v1/jobs", headers=AUTH)
         assert off.status_code == 404 and "SPECSERVE_TRAINER_URL" in off.json()["error"]["message"]
-    with gateway_for(tiny_target_dir, trainer_url=trainer.url, trainer_api_key="wrong") as gateway:
+    with gateway_for(tiny_target_dir, trainer_url=trainer.url, trainer_client_key="wrong") as gateway:
         refused = httpx.get(f"{gateway.url}/v1/jobs", headers=AUTH)
         assert refused.status_code == 502 and refused.json()["error"]["code"] == "trainer_auth"
     with gateway_for(tiny_target_dir, trainer_url=unused_url()) as gateway:

@@ -4,16 +4,13 @@ A missing package skips the tests that need it, naming it."""
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
-from trainer_testkit import free_port, wait_for
+from trainer_testkit import free_port, postgres_cluster, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -42,40 +39,14 @@ def redis_url(tmp_path_factory):
         proc.wait(10)
 
 
-def _as_postgres(argv: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its tools as the `postgres` user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A private cluster on a free port (or SPECSERVE_TEST_POSTGRES_URL, an empty database you provide)."""
+    """The session's cluster (or SPECSERVE_TEST_POSTGRES_URL, an empty database you provide)."""
     if os.environ.get("SPECSERVE_TEST_POSTGRES_URL"):
         yield os.environ["SPECSERVE_TEST_POSTGRES_URL"]
         return
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.skip("PostgreSQL not installed (Debian package postgresql; .ci/run installs it), and "
-                    "SPECSERVE_TEST_POSTGRES_URL is not set")
-    bindir = Path(found[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="specserve-pg-"))  # not under pytest's root-only (0700) tmp tree
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "specserve", "--auth=trust",
-                                 "--no-sync"]), check=True, capture_output=True)
-    port = free_port()
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
-                   check=True, capture_output=True)
-    try:
-        subprocess.run(_as_postgres([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "specserve",
-                                     "jobs"]), check=True, capture_output=True)
-        yield f"postgresql+psycopg://specserve@127.0.0.1:{port}/jobs"
-    finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres_cluster() as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ worker runs here: jobs stay queued (test_trainer_jobs.py runs them)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from trainer_testkit import free_port
@@ -90,10 +92,15 @@ def test_a_submitted_job_is_queued_listed_readable_and_cancellable(client_for):
      "runs one process"),
     ({"kind": "eval", "args": {"target": "/t", "draft": "ngram", "suite": {"a": 1}}}, "args", "valid"),
     ({"kind": "distill", "config": minimal_config()}, "kind", "'train', 'regenerate' or 'eval'"),
+    ({"config": {**minimal_config(), "checkpoint": 5}}, "config.checkpoint", "must be a mapping"),
+    ({"config": {**minimal_config(), "optim": {"lr": float("nan")}}}, "config.optim.lr", "finite number"),
+    ({"kind": "eval", "args": {"target": "/t", "draft": "ngram", "suite": "/s", "temperature": float("inf")}},
+     "args.temperature", "finite number"),
 ])
 def test_bad_submissions_are_400s_naming_the_field_and_queue_nothing(client_for, body, param, words):
     client = client_for()
-    message = error(client.post("/v1/jobs", json=body), 400, param)
+    raw = json.dumps(body).encode()  # NaN and Infinity as Python's JSON writes them (and reads them back)
+    message = error(client.post("/v1/jobs", content=raw, headers={"content-type": "application/json"}), 400, param)
     assert words in message, message
     assert client.get("/v1/jobs").json()["data"] == []
 
@@ -103,6 +110,7 @@ def test_malformed_json_unknown_jobs_and_bad_queries_are_named(client_for):
     response = client.post("/v1/jobs", content=b'{"config": ', headers={"content-type": "application/json"})
     assert "malformed JSON" in error(response, 400, None)
     assert "job-nope" in error(client.get("/v1/jobs/job-nope"), 404, "job_id")
+    assert error(client.get("/v1/jobs/job-%00x"), 404, "job_id")  # never reaches the store
     assert error(client.get("/v1/jobs/job-nope/log"), 404, "job_id")
     assert error(client.post("/v1/jobs/job-nope/cancel"), 404, "job_id")
     assert "status" in error(client.get("/v1/jobs", params={"status": "paused"}), 400, "status")
@@ -110,12 +118,14 @@ def test_malformed_json_unknown_jobs_and_bad_queries_are_named(client_for):
     assert error(client.get("/v1/jobs/x/log", params={"tail": -1}), 400, "tail")
 
 
-def test_a_finished_job_cannot_be_cancelled(client_for, tmp_path):
+def test_a_finished_job_cannot_be_cancelled(client_for):
+    from services.trainer.store import JobStatus
+
     client = client_for()
     job_id = client.post("/v1/jobs", json={"config": minimal_config()}).json()["id"]
     store = client.app.state.trainer.store
-    store.claim(job_id, "w", lease_s=60)
-    store.finish(job_id, "w", __import__("services.trainer.store", fromlist=["JobStatus"]).JobStatus.FAILED, 2, "x")
+    store.claim(job_id, "w")
+    store.finish(job_id, "w", JobStatus.FAILED, 2, "x")
     assert "already failed" in error(client.post(f"/v1/jobs/{job_id}/cancel"), 409, "job_id")
 
 
@@ -150,9 +160,11 @@ def test_an_unreachable_broker_is_a_503_and_leaves_no_job_queued(client_for):
     assert client.get("/health").status_code == 200
 
 
-def test_settings_refuse_a_lease_shorter_than_two_heartbeats(tmp_path):
-    with pytest.raises(ValueError, match="lease_s .* must exceed twice heartbeat_s"):
-        TrainerSettings(state_dir=tmp_path, heartbeat_s=5, lease_s=8)
+def test_settings_refuse_a_lease_shorter_than_two_heartbeats_and_the_stop_grace(tmp_path):
+    with pytest.raises(ValueError, match=r"lease_s \(8.0\) must exceed twice heartbeat_s \(5.0\) plus stop_grace_s"):
+        TrainerSettings(state_dir=tmp_path, heartbeat_s=5, lease_s=8, stop_grace_s=0)
+    with pytest.raises(ValueError, match="while its command is being stopped"):
+        TrainerSettings(state_dir=tmp_path, lease_s=40)  # heartbeat 5 s, grace 30 s
 
 
 def test_specserve_serve_trainer_serves_http_from_flags_and_environment_and_stops_on_sigterm(tmp_path):

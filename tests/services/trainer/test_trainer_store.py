@@ -40,7 +40,7 @@ def test_of_many_workers_claiming_one_job_exactly_one_runs_it(store):
 
     def claim(i):
         barrier.wait()
-        results.append(store.claim(job.id, f"w{i}", lease_s=60))
+        results.append(store.claim(job.id, f"w{i}"))
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for t in threads:
@@ -52,14 +52,16 @@ def test_of_many_workers_claiming_one_job_exactly_one_runs_it(store):
     assert view.status is JobStatus.RUNNING and view.attempts == 1 and view.owner.startswith("w")
 
 
-def test_an_expired_lease_lets_another_worker_take_over_and_fences_the_old_one(store):
+def test_an_expired_lease_is_taken_over_only_through_requeue_lost_which_fences_the_old_owner(store):
     job = store.submit({})
-    assert store.claim(job.id, "old", lease_s=0.2) is Claim.CLAIMED
-    assert store.heartbeat(job.id, "old") == (True, False)
-    assert store.claim(job.id, "new", lease_s=0.2) is Claim.BUSY  # lease just renewed
-    time.sleep(0.3)
-    assert store.claim(job.id, "new", lease_s=0.2) is Claim.CLAIMED
-    assert store.get(job.id).attempts == 2
+    assert store.claim(job.id, "old") is Claim.CLAIMED
+    time.sleep(1.2)
+    # a duplicate message finds the job running, even with its lease expired: only the reaper takes it over
+    assert store.claim(job.id, "new") is Claim.BUSY
+    assert store.requeue_lost(lease_s=1.0, max_lost=3) == ([job.id], [])
+    assert store.claim(job.id, "new") is Claim.CLAIMED
+    view = store.get(job.id)
+    assert (view.attempts, view.lost, view.owner) == (2, 1, "new")
     # the old owner woke up: it can neither renew, nor finish, nor release the job
     assert store.heartbeat(job.id, "old") == (False, False)
     assert not store.finish(job.id, "old", JobStatus.FAILED, 1, "late")
@@ -67,31 +69,31 @@ def test_an_expired_lease_lets_another_worker_take_over_and_fences_the_old_one(s
     assert store.finish(job.id, "new", JobStatus.SUCCEEDED, 0, result={"draft": "/x"})
     done = store.get(job.id)
     assert (done.status, done.exit_code, done.result) == (JobStatus.SUCCEEDED, 0, {"draft": "/x"})
-    assert store.claim(job.id, "third", lease_s=0.2) is Claim.DONE
+    assert store.claim(job.id, "third") is Claim.DONE
 
 
 def test_requeue_lost_returns_only_jobs_whose_worker_went_silent(store):
     silent, alive = store.submit({}), store.submit({})
-    store.claim(silent.id, "dead", lease_s=60)
-    store.claim(alive.id, "busy", lease_s=60)
-    time.sleep(0.25)
+    store.claim(silent.id, "dead")
+    store.claim(alive.id, "busy")
+    time.sleep(1.2)
     store.heartbeat(alive.id, "busy")
-    assert store.requeue_lost(lease_s=0.2, max_attempts=3) == ([silent.id], [])
+    assert store.requeue_lost(lease_s=1.0, max_lost=3) == ([silent.id], [])
     requeued = store.get(silent.id)
-    assert (requeued.status, requeued.owner, requeued.attempts) == (JobStatus.QUEUED, None, 1)
+    assert (requeued.status, requeued.owner, requeued.attempts, requeued.lost) == (JobStatus.QUEUED, None, 1, 1)
     assert store.get(alive.id).status is JobStatus.RUNNING
-    assert store.claim(silent.id, "next", lease_s=60) is Claim.CLAIMED and store.get(silent.id).attempts == 2
+    assert store.claim(silent.id, "next") is Claim.CLAIMED and store.get(silent.id).attempts == 2
 
 
 def test_cancel_ends_a_queued_job_flags_a_running_one_and_refuses_a_finished_one(store):
     queued, running, finished = store.submit({}), store.submit({}), store.submit({})
     assert store.cancel(queued.id).status is JobStatus.CANCELLED
-    assert store.claim(queued.id, "w", lease_s=60) is Claim.DONE  # its message arrives later: nothing runs
-    store.claim(running.id, "w", lease_s=60)
+    assert store.claim(queued.id, "w") is Claim.DONE  # its message arrives later: nothing runs
+    store.claim(running.id, "w")
     flagged = store.cancel(running.id)
     assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested
     assert store.heartbeat(running.id, "w") == (True, True)
-    store.claim(finished.id, "w", lease_s=60)
+    store.claim(finished.id, "w")
     store.finish(finished.id, "w", JobStatus.SUCCEEDED, 0)
     with pytest.raises(JobFinished, match="already succeeded"):
         store.cancel(finished.id)
@@ -101,7 +103,7 @@ def test_cancel_ends_a_queued_job_flags_a_running_one_and_refuses_a_finished_one
 
 def test_a_released_job_is_queued_again_with_its_attempts(store):
     job = store.submit({})
-    store.claim(job.id, "w", lease_s=60)
+    store.claim(job.id, "w")
     assert store.release(job.id, "w")
     view = store.get(job.id)
     assert (view.status, view.owner, view.attempts) == (JobStatus.QUEUED, None, 1)
@@ -109,12 +111,27 @@ def test_a_released_job_is_queued_again_with_its_attempts(store):
         store.finish(job.id, "w", JobStatus.RUNNING)
 
 
-def test_a_job_whose_worker_is_lost_max_attempts_times_fails_instead_of_looping(store):
+def test_a_job_whose_worker_is_lost_max_lost_times_fails_and_releases_do_not_count(store):
     job = store.submit({})
-    for attempt in (1, 2):
-        assert store.claim(job.id, f"w{attempt}", lease_s=0.1) is Claim.CLAIMED
+    for owner in ("shutdown-1", "shutdown-2"):  # rollouts: the job is handed back, not lost
+        store.claim(job.id, owner)
+        assert store.release(job.id, owner)
+    for lost in (1, 2):
+        assert store.claim(job.id, f"w{lost}") is Claim.CLAIMED
         time.sleep(0.15)
-        assert store.requeue_lost(lease_s=0.1, max_attempts=2) == (([job.id], []) if attempt == 1 else ([], [job.id]))
+        expected = ([job.id], []) if lost == 1 else ([], [job.id])
+        assert store.requeue_lost(lease_s=0.1, max_lost=2) == expected
     failed = store.get(job.id)
-    assert (failed.status, failed.attempts, failed.owner) == (JobStatus.FAILED, 2, None)
-    assert "lost 2 time(s), the last one w2" in failed.error and failed.finished_at is not None
+    assert (failed.status, failed.attempts, failed.lost, failed.owner) == (JobStatus.FAILED, 4, 2, None)
+    assert "lost 2 times (the last one: w2)" in failed.error and failed.finished_at is not None
+
+
+def test_unsent_finds_queued_jobs_whose_message_is_old_or_was_never_sent(store):
+    never, sent, running = store.submit({}), store.submit({}), store.submit({})
+    store.mark_enqueued(sent.id)
+    store.claim(running.id, "w")
+    time.sleep(0.2)
+    assert set(store.unsent(older_than_s=0.1)) == {never.id, sent.id}
+    store.mark_enqueued(never.id)
+    assert store.unsent(older_than_s=0.1) == [sent.id]
+    assert store.unsent(older_than_s=60) == []
