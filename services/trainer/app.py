@@ -208,11 +208,48 @@ def check_job(body: JobRequest, settings: TrainerSettings) -> dict[str, Any]:
         raise APIError.bad_request(given, f"a {body.kind} job needs `{given}`", "missing")
     if body.kind == "train":
         check_config(params)
-        return params
-    if body.nproc != 1:
-        raise APIError.bad_request("nproc", f"a {body.kind} job runs one process, got {body.nproc}")
-    check_args(body.kind, params)
+    else:
+        if body.nproc != 1:
+            raise APIError.bad_request("nproc", f"a {body.kind} job runs one process, got {body.nproc}")
+        check_args(body.kind, params)
+    check_paths(job_paths(body.kind, params), settings.allowed_roots)
     return params
+
+
+TRAIN_PATHS = (("model", "target"), ("model", "init_from"), ("data", "train_file"), ("data", "cache"))
+ARG_PATHS = {"regenerate": ("target", "input", "drafter"), "eval": ("target", "draft", "suite")}
+SPEC_ARGS = ("draft", "drafter")  # drafter specs: [NAME=]KIND[:ARG], ARG a path for these kinds
+PATH_KINDS = ("dspark", "dflash", "eagle3", "auto", "model")
+
+
+def job_paths(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """field -> the file or folder a job's parameters name (None where a field names none)."""
+    if kind == "train":
+        return {f"config.{section}.{key}": (params.get(section) or {}).get(key) for section, key in TRAIN_PATHS}
+    paths = {}
+    for key in ARG_PATHS[kind]:
+        values = params.get(key)
+        for i, value in enumerate(values if isinstance(values, list) else [values]):
+            if key in SPEC_ARGS and isinstance(value, str):
+                spec_kind, _, arg = value.split("=", 1)[-1].partition(":")
+                value = arg if spec_kind in PATH_KINDS else None
+            paths[f"args.{key}" + (f".{i}" if isinstance(values, list) else "")] = value
+    return paths
+
+
+def check_paths(paths: dict[str, Any], roots: list[Path]) -> None:
+    """With `allowed_roots` set, every file a job names must resolve inside one of them (400 naming the field).
+    A hub id is refused there too: download the model into a root first."""
+    if not roots:
+        return
+    inside = [root.resolve() for root in roots]
+    for field, value in paths.items():
+        if not isinstance(value, str) or not value:
+            continue
+        resolved = Path(value).resolve()
+        if not any(resolved.is_relative_to(root) for root in inside):
+            raise APIError.bad_request(field, f"{value!r} is outside the folders this trainer may read "
+                                              f"(allowed_roots: {', '.join(map(str, roots))})", "path_not_allowed")
 
 
 def check_args(kind: str, args: dict[str, Any]) -> None:
@@ -238,9 +275,10 @@ def check_args(kind: str, args: dict[str, Any]) -> None:
 def check_config(config: dict[str, Any]) -> None:
     """Refuse what `specserve train` would refuse, naming the key (as `config.<section>.<key>`)."""
     checkpoint = config.get("checkpoint")
-    if isinstance(checkpoint, dict) and "dir" in checkpoint:
-        raise APIError.bad_request("config.checkpoint.dir", "is set by the trainer (every job writes its "
-                                   "checkpoints in its own folder, where a retry resumes them); leave it out")
+    for key in ("dir", "resume"):
+        if isinstance(checkpoint, dict) and key in checkpoint:
+            raise APIError.bad_request(f"config.checkpoint.{key}", "is set by the trainer (every job writes its "
+                                       "checkpoints in its own folder, where a retry resumes them); leave it out")
     try:
         from_dict(deepcopy(config))
     except InvalidRequestError as exc:

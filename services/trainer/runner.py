@@ -46,9 +46,12 @@ def job_dir(settings: TrainerSettings, job_id: str) -> Path:
 
 
 def job_config(config: dict, directory: Path) -> dict:
-    """The submitted config with the job's own checkpoint folder and no progress bar (the log is a file)."""
+    """The submitted config with the job's own checkpoint folder, resuming, and no progress bar (the log is a
+    file)."""
     out = deepcopy(config)
-    out.setdefault("checkpoint", {})["dir"] = str((directory / CHECKPOINTS).resolve())
+    checkpoint = out.setdefault("checkpoint", {})
+    checkpoint["dir"] = str((directory / CHECKPOINTS).resolve())
+    checkpoint["resume"] = True  # a retry after a lost worker continues from the latest checkpoint
     out.setdefault("logging", {})["progress"] = False
     return out
 

@@ -34,6 +34,9 @@ class TrainerSettings(BaseSettings):
                                      repr=False)
     broker_url: str | None = Field(None, description="Celery broker; default kombu's SQLAlchemy transport on SQLite "
                                                      "in state_dir", repr=False)
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="folders the files a job names (target, data, drafts, suites) must lie "
+                                          "in; empty = any file the worker can read. Env: comma-separated.")
     queue: str = Field("specserve-training", description="Celery queue the jobs go to")
     max_queued: int = Field(64, ge=1, description="jobs waiting beyond this are refused (429)")
     max_nproc: int = Field(8, ge=1, description="largest `nproc` (training processes, torchrun) a job may ask for")
@@ -48,7 +51,7 @@ class TrainerSettings(BaseSettings):
     resend_s: float = Field(900.0, gt=0, description="a job queued this long since its message was sent is sent "
                                                       "again (the message may be lost; a duplicate is dropped)")
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_roots", mode="before")
     @classmethod
     def _split_keys(cls, value):
         return comma_list(value)

@@ -226,3 +226,29 @@ def test_a_training_that_cannot_start_fails_the_job_with_the_reason(tmp_path, mo
     assert runner.JobRunner(settings, store).run(job.id, "w") == "failed"
     failed = store.get(job.id)
     assert failed.status is JobStatus.FAILED and "could not start" in failed.error and "no-such-python" in failed.error
+
+
+def test_with_allowed_roots_a_job_may_name_only_files_inside_them(client_for, tmp_path):
+    root = tmp_path / "shared"
+    client = client_for(allowed_roots=[root])
+    inside = {"model": {"target": str(root / "qwen3")}, "data": {"train_file": str(root / "data" / "train.jsonl")}}
+    assert client.post("/v1/jobs", json={"config": inside}).status_code == 201
+    outside = {**inside, "data": {"train_file": "/etc/passwd"}}
+    message = error(client.post("/v1/jobs", json={"config": outside}), 400, "config.data.train_file")
+    assert "'/etc/passwd' is outside the folders this trainer may read" in message
+    climbing = {**inside, "model": {"target": str(root / ".." / "elsewhere")}}
+    assert error(client.post("/v1/jobs", json={"config": climbing}), 400, "config.model.target")
+    evaluation = {"target": str(root / "qwen3"), "suite": [str(root / "a.jsonl"), "/tmp/b.jsonl"],
+                  "draft": ["ngram:4", f"mine=dspark:{root / 'draft'}"]}
+    assert error(client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}), 400, "args.suite.1")
+    evaluation["suite"] = [str(root / "a.jsonl")]
+    assert client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}).status_code == 201
+    evaluation["draft"] = ["dflash:/opt/drafts/x"]
+    assert error(client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}), 400, "args.draft.0")
+
+
+def test_a_training_resumes_whatever_the_submitted_config_says(client_for):
+    client = client_for()
+    config = {**minimal_config(), "checkpoint": {"resume": False}}
+    assert "set by the trainer" in error(client.post("/v1/jobs", json={"config": config}), 400,
+                                         "config.checkpoint.resume")
