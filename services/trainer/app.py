@@ -156,7 +156,7 @@ async def _reap(state: TrainerState) -> None:
             ids = await asyncio.to_thread(maintain, state.celery, state.store, state.settings)
             state.requeued.inc(len(ids))
         except Exception:  # store or broker down: /ready says so; try again next period
-            log.exception("requeueing lost jobs failed")
+            log.exception("the reaper's pass failed")
 
 
 def _state(request: Request) -> TrainerState:

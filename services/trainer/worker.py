@@ -97,13 +97,11 @@ def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_):
-        store = app.job_runner().store
-
         def reap():  # the first pass at once: jobs of a worker that died before this one started
             while True:
                 try:
-                    maintain(app, store, settings)
-                except Exception:  # the store is down: say so, try again next period
+                    maintain(app, app.job_runner().store, settings)
+                except Exception:  # the store is down (even at start-up): say so, try again next period
                     log.exception("the reaper's pass failed")
                 if stop_reaper.wait(settings.lease_s / 2):
                     return
