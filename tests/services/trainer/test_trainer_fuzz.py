@@ -16,9 +16,12 @@ pytest.importorskip("hypothesis")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def trainer_client(tmp_path_factory):
-    settings = TrainerSettings(state_dir=tmp_path_factory.mktemp("fuzz"), api_keys=["k"], max_queued=10_000)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def trainer_client(request, tmp_path_factory):
+    """The API on either store: PostgreSQL refuses bytes and numbers SQLite stores (NUL, NaN)."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    settings = TrainerSettings(state_dir=tmp_path_factory.mktemp("fuzz"), api_keys=["k"], max_queued=10_000,
+                               database_url=url)
     with TestClient(create_app(settings)) as client:
         yield client
 
