@@ -1,17 +1,20 @@
-"""The trainer's jobs API (FastAPI): submit a training run, follow it, read its log, cancel it.
+"""The trainer's jobs API (FastAPI): submit a training, an answer regeneration or an evaluation, follow it,
+read its log, cancel it.
 
     POST /v1/jobs                 {"config": {...sections of `specserve train --help`...}, "nproc": 1} -> 201
+                                  {"kind": "regenerate" | "eval", "args": {...the command's flags...}} -> 201
     GET  /v1/jobs[?status=&limit=&before=]    newest first
-    GET  /v1/jobs/{id}            status, attempts, result (the exported draft's folder) or error
-    GET  /v1/jobs/{id}/log        the training log (text), `?tail=N` lines
+    GET  /v1/jobs/{id}            status, attempts, progress, result (the exported draft, data, report) or error
+    GET  /v1/jobs/{id}/log        the command's log (text), `?tail=N` lines
     POST /v1/jobs/{id}/cancel     a queued job ends at once, a running one within a heartbeat
     GET  /health, /ready, /metrics
 
-A config is checked here exactly as `specserve train` checks it (unknown keys, types, ranges; a 400 names
-the key) before anything is queued; paths in it are read by the worker, so a missing file fails the job
-with the trainer's own message. `checkpoint.dir` belongs to the service: each job writes under its own
-folder, which is what lets a job resume after its worker dies. Errors are OpenAI-style bodies, as the
-gateway's.
+A job is checked here exactly as its command checks it (a config as `specserve train` does: unknown keys,
+types, ranges; flags with the command's own parser; a 400 names the field) before anything is queued; the
+files it names are read by the worker (inside `allowed_roots` when set), so a missing file fails the job
+with the command's own message. `checkpoint.dir` and `--out` belong to the service: each job writes under
+its own folder, which is what lets a job resume after its worker dies. Errors are OpenAI-style bodies, as
+the gateway's; a store that fails is a 503.
 """
 
 from __future__ import annotations
@@ -77,10 +80,12 @@ class JobObject(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
-    attempts: int = Field(description="times a worker started it; more than one: resumed after a lost worker")
+    attempts: int = Field(description="times a worker started it (more than one: resumed after a lost worker or a "
+                                      "worker's shutdown)")
+    lost: int = Field(description="workers lost while running it (it fails at max_lost_workers)")
     cancel_requested: bool
     exit_code: int | None
-    error: str | None = Field(description="why it failed: the end of the training log")
+    error: str | None = Field(description="why it failed: the end of the command's log")
     kind: str
     result: dict[str, Any] | None = Field(description="train: `draft`, the exported draft's folder (--drafter "
                                                       "auto:PATH); regenerate: `data`, the JSONL; eval: `report`, "
@@ -92,7 +97,7 @@ class JobObject(BaseModel):
 
     @classmethod
     def of(cls, job: JobView, settings: TrainerSettings | None = None) -> JobObject:
-        fields = ("id", "kind", "status", "nproc", "created_at", "started_at", "finished_at", "attempts",
+        fields = ("id", "kind", "status", "nproc", "created_at", "started_at", "finished_at", "attempts", "lost",
                   "cancel_requested", "exit_code", "error", "result")
         progress = None if settings is None or job.attempts == 0 else job_progress(job_dir(settings, job.id))
         params = {"config": job.config, "args": None} if job.kind == "train" else {"config": None, "args": job.config}
@@ -117,10 +122,10 @@ class TrainerState:
                                 "stopped reporting", registry=self.registry)
 
 
-def create_app(settings: TrainerSettings, store: JobStore | None = None) -> FastAPI:
+def create_app(settings: TrainerSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state = TrainerState(settings, store or JobStore(settings.store_url))
+        state = TrainerState(settings, JobStore(settings.store_url))
         app.state.trainer = state
         reaper = asyncio.create_task(_reap(state))
         log.info("trainer API ready: %d jobs queued", state.store.counts()[JobStatus.QUEUED])
@@ -130,8 +135,7 @@ def create_app(settings: TrainerSettings, store: JobStore | None = None) -> Fast
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
-            if store is None:
-                state.store.close()
+            state.store.close()
 
     app = FastAPI(title="specserve trainer", version="0.1.0", lifespan=lifespan,
                   description="Training jobs for DSpark, DFlash and Eagle3 drafts, run by Celery workers.")

@@ -45,7 +45,7 @@ class JobStatus(enum.StrEnum):
 
 class Claim(enum.Enum):
     CLAIMED = "claimed"  # this owner runs it now
-    BUSY = "busy"  # another owner holds a live lease
+    BUSY = "busy"  # another owner holds it (even with its lease expired: the reaper takes it back)
     DONE = "done"  # finished or cancelled: nothing to run
     MISSING = "missing"
 
@@ -229,6 +229,9 @@ class JobStore:
         now = time.time()
         lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
         with Session(self.engine) as s, s.begin():
+            s.execute(update(Job).where(*lost, Job.cancel_requested.is_(True)).values(  # cancelled while lost
+                status=JobStatus.CANCELLED.value, finished_at=now, lost=Job.lost + 1, owner=None,
+                error="cancelled on request (its worker was lost meanwhile)"))
             again = s.scalars(update(Job).where(*lost, Job.lost + 1 < max_lost)
                               .values(status=JobStatus.QUEUED.value, owner=None, lost=Job.lost + 1)
                               .returning(Job.id)).all()

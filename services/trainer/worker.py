@@ -67,9 +67,13 @@ def make_celery(settings: TrainerSettings) -> Celery:
 
 
 def enqueue(app: Celery, store: JobStore, job_id: str) -> None:
-    """Send the job's message and record when (a send that fails leaves the job to `maintain`)."""
+    """Send the job's message (raising when the broker refuses it) and record when. A record that fails is
+    only logged: the message is out, and at worst the reaper sends a duplicate, which the claim drops."""
     app.send_task(TASK, args=[job_id])
-    store.mark_enqueued(job_id)
+    try:
+        store.mark_enqueued(job_id)
+    except Exception as exc:
+        log.warning("job %s: sent, but the send time was not recorded (%s)", job_id, exc)
 
 
 def maintain(app: Celery, store: JobStore, settings: TrainerSettings) -> list[str]:

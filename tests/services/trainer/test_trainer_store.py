@@ -135,3 +135,13 @@ def test_unsent_finds_queued_jobs_whose_message_is_old_or_was_never_sent(store):
     store.mark_enqueued(never.id)
     assert store.unsent(older_than_s=0.1) == [sent.id]
     assert store.unsent(older_than_s=60) == []
+
+
+def test_a_job_cancelled_while_its_worker_was_lost_ends_cancelled_instead_of_waiting_queued(store):
+    job = store.submit({})
+    store.claim(job.id, "gone")
+    store.cancel(job.id)  # flagged; the worker that would stop it is dead
+    time.sleep(0.15)
+    assert store.requeue_lost(lease_s=0.1, max_lost=3) == ([], [])
+    view = store.get(job.id)
+    assert (view.status, view.lost, view.owner) == (JobStatus.CANCELLED, 1, None) and "cancelled" in view.error
