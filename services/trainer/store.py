@@ -8,8 +8,8 @@ an owner is conditional on still owning the job, so a worker that lost its lease
 then woke up) can no longer change the job's state. `enqueued_at` records when the job's message was last
 sent: a queued job whose message was lost (a broker restarted empty, a send that failed after the job was
 stored) is found by `unsent` and sent again.
-Times are UNIX seconds (floats), the same on every backend; the hosts' clocks must agree to well within
-`lease_s` (NTP).
+Times are UNIX seconds (floats) read from the database's clock (`now`), so a lease means the same on every
+host whatever its own clock says.
 """
 
 from __future__ import annotations
@@ -24,7 +24,23 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, create_engine, event, func, select, text, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    Text,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -167,6 +183,16 @@ class JobStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         migrate(self.engine)
 
+    def now(self) -> ColumnElement[float]:
+        """The database's clock in UNIX seconds, as SQL: every lease is judged by one clock, whatever the hosts'
+        clocks say (SQLite lives on one machine; another backend falls back to this host's clock)."""
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            return cast(func.extract("epoch", func.clock_timestamp()), Float)
+        if dialect == "sqlite":
+            return (func.julianday("now") - 2440587.5) * 86400.0
+        return literal(time.time(), Float)
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -177,10 +203,11 @@ class JobStore:
     # --- API side -------------------------------------------------------------------------------------
     def submit(self, config: dict, nproc: int = 1, kind: str = "train") -> JobView:
         row = Job(id=f"job-{uuid.uuid4().hex[:24]}", kind=kind, status=JobStatus.QUEUED.value, config=config,
-                  nproc=nproc, created_at=time.time(), attempts=0, lost=0, cancel_requested=False)
+                  nproc=nproc, created_at=self.now(), attempts=0, lost=0, cancel_requested=False)
         with Session(self.engine) as s, s.begin():
             s.add(row)
             s.flush()
+            s.refresh(row)  # created_at, as the database's clock set it
             return JobView.of(row)
 
     def get(self, job_id: str) -> JobView:
@@ -207,7 +234,7 @@ class JobStore:
 
     def cancel(self, job_id: str) -> JobView:
         """A queued job is cancelled at once; a running one is flagged, and its worker stops it."""
-        now = time.time()
+        now = self.now()
         with Session(self.engine) as s, s.begin():
             queued = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
                                .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested=True))
@@ -226,7 +253,7 @@ class JobStore:
         """Running jobs whose lease expired (their worker died) go back to queued, unless their worker was lost
         `max_lost` times: those fail (a job that takes its worker down every time must not loop).
         Returns (requeued ids, failed ids), as the UPDATEs changed them (concurrent reapers split them)."""
-        now = time.time()
+        now = self.now()
         lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
         with Session(self.engine) as s, s.begin():
             s.execute(update(Job).where(*lost, Job.cancel_requested.is_(True)).values(  # cancelled while lost
@@ -243,7 +270,7 @@ class JobStore:
 
     def unsent(self, older_than_s: float) -> list[str]:
         """Queued jobs whose message was last sent (or never) more than `older_than_s` ago."""
-        cutoff = time.time() - older_than_s
+        cutoff = self.now() - older_than_s
         with Session(self.engine) as s:
             return list(s.scalars(select(Job.id).where(
                 Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False),
@@ -251,13 +278,13 @@ class JobStore:
 
     def mark_enqueued(self, job_id: str) -> None:
         with Session(self.engine) as s, s.begin():
-            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=time.time()))
+            s.execute(update(Job).where(Job.id == job_id).values(enqueued_at=self.now()))
 
     # --- worker side ----------------------------------------------------------------------------------
     def claim(self, job_id: str, owner: str) -> Claim:
         """Queued -> running under `owner` (a running job, even one whose lease expired, is BUSY: only
         `requeue_lost` takes a job from a lost worker, and counts it)."""
-        now = time.time()
+        now = self.now()
         with Session(self.engine) as s, s.begin():
             done = s.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value,
                                                Job.cancel_requested.is_(False))
@@ -277,7 +304,7 @@ class JobStore:
         with Session(self.engine) as s, s.begin():
             done = s.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
                                                Job.status == JobStatus.RUNNING.value)
-                             .values(heartbeat_at=time.time()))
+                             .values(heartbeat_at=self.now()))
             row = s.get(Job, job_id)
             return bool(done.rowcount), bool(row is not None and row.cancel_requested)
 
@@ -289,7 +316,7 @@ class JobStore:
         with Session(self.engine) as s, s.begin():
             done = s.execute(update(Job).where(Job.id == job_id, Job.owner == owner,
                                                Job.status == JobStatus.RUNNING.value)
-                             .values(status=status.value, finished_at=time.time(), exit_code=exit_code, error=error,
+                             .values(status=status.value, finished_at=self.now(), exit_code=exit_code, error=error,
                                      result=result))
             return bool(done.rowcount)
 
