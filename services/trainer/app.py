@@ -44,6 +44,7 @@ from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore
 from services.trainer.worker import enqueue, maintain, make_celery
 from specserve.cli import build_parser
 from specserve.errors import InvalidRequestError
+from specserve.eval.runner import DraftSpec
 from specserve.training.config import from_dict
 
 log = logging.getLogger("specserve.trainer")
@@ -234,8 +235,9 @@ def job_paths(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     for key in ARG_PATHS[kind]:
         values = params.get(key)
         for i, value in enumerate(values if isinstance(values, list) else [values]):
-            if key in SPEC_ARGS and isinstance(value, str):
-                spec_kind, _, arg = value.split("=", 1)[-1].partition(":")
+            if key in SPEC_ARGS and isinstance(value, str):  # eval reads NAME=SPEC as its DraftSpec does
+                spec = DraftSpec.parse(value).spec if key == "draft" else value
+                spec_kind, _, arg = spec.partition(":")
                 value = arg if spec_kind in PATH_KINDS else None
             paths[f"args.{key}" + (f".{i}" if isinstance(values, list) else "")] = value
     return paths

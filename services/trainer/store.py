@@ -8,8 +8,9 @@ an owner is conditional on still owning the job, so a worker that lost its lease
 then woke up) can no longer change the job's state. `enqueued_at` records when the job's message was last
 sent: a queued job whose message was lost (a broker restarted empty, a send that failed after the job was
 stored) is found by `unsent` and sent again.
-Times are UNIX seconds (floats) read from the database's clock (`now`), so a lease means the same on every
-host whatever its own clock says.
+Times are UNIX seconds (floats) read from the database's clock (`now`; PostgreSQL and SQLite), so a lease
+means the same on every host whatever its own clock says (another backend falls back to the hosts' clocks,
+which must then agree to well within `lease_s`).
 """
 
 from __future__ import annotations
@@ -253,9 +254,9 @@ class JobStore:
         """Running jobs whose lease expired (their worker died) go back to queued, unless their worker was lost
         `max_lost` times: those fail (a job that takes its worker down every time must not loop).
         Returns (requeued ids, failed ids), as the UPDATEs changed them (concurrent reapers split them)."""
-        now = self.now()
-        lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
         with Session(self.engine) as s, s.begin():
+            now = s.scalar(select(self.now()))  # one reading: the three UPDATEs must agree on which leases expired
+            lost = (Job.status == JobStatus.RUNNING.value, Job.heartbeat_at < now - lease_s)
             s.execute(update(Job).where(*lost, Job.cancel_requested.is_(True)).values(  # cancelled while lost
                 status=JobStatus.CANCELLED.value, finished_at=now, lost=Job.lost + 1, owner=None,
                 error="cancelled on request (its worker was lost meanwhile)"))
@@ -271,9 +272,9 @@ class JobStore:
     def unsent(self, older_than_s: float) -> list[str]:
         """Queued jobs whose message was last sent (or never) more than `older_than_s` ago."""
         cutoff = self.now() - older_than_s
-        with Session(self.engine) as s:
+        with Session(self.engine) as s:  # cancel-flagged ones too: the claim of their message cancels them
             return list(s.scalars(select(Job.id).where(
-                Job.status == JobStatus.QUEUED.value, Job.cancel_requested.is_(False),
+                Job.status == JobStatus.QUEUED.value,
                 (Job.enqueued_at.is_(None) & (Job.created_at < cutoff)) | (Job.enqueued_at < cutoff))))
 
     def mark_enqueued(self, job_id: str) -> None:

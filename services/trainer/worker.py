@@ -42,11 +42,13 @@ def make_celery(settings: TrainerSettings) -> Celery:
         # again); the store's claim turns such a delivery into a no-op
         app.conf.broker_transport_options = {"visibility_timeout": max(3600.0, 4 * settings.lease_s)}
     runner: dict[str, JobRunner] = {}  # built in the worker process on first use
+    building = threading.Lock()  # the task (main thread) and the reaper thread may ask first at once
 
     def job_runner() -> JobRunner:
-        if "runner" not in runner:
-            runner["runner"] = JobRunner(settings, JobStore(settings.store_url))
-        return runner["runner"]
+        with building:
+            if "runner" not in runner:
+                runner["runner"] = JobRunner(settings, JobStore(settings.store_url))
+            return runner["runner"]
 
     @app.task(name=TASK, bind=True)
     def run_job(task, job_id: str) -> str:

@@ -245,6 +245,9 @@ def test_with_allowed_roots_a_job_may_name_only_files_inside_them(client_for, tm
     assert client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}).status_code == 201
     evaluation["draft"] = ["dflash:/opt/drafts/x"]
     assert error(client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}), 400, "args.draft.0")
+    # eval reads `dspark:/opt/x=model:ROOT/q` as one spec (a name has no colon): its path is /opt/x=model:...
+    evaluation["draft"] = [f"dspark:/opt/x=model:{root / 'q'}"]
+    assert error(client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}), 400, "args.draft.0")
 
 
 def test_a_training_resumes_whatever_the_submitted_config_says(client_for):

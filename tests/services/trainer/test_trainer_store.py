@@ -145,3 +145,15 @@ def test_a_job_cancelled_while_its_worker_was_lost_ends_cancelled_instead_of_wai
     assert store.requeue_lost(lease_s=0.1, max_lost=3) == ([], [])
     view = store.get(job.id)
     assert (view.status, view.lost, view.owner) == (JobStatus.CANCELLED, 1, None) and "cancelled" in view.error
+
+
+def test_a_job_released_after_a_cancel_is_sent_again_and_its_claim_cancels_it(store):
+    job = store.submit({})
+    store.mark_enqueued(job.id)
+    store.claim(job.id, "w")
+    store.cancel(job.id)  # arrives between the worker's last heartbeat and its release on shutdown
+    assert store.release(job.id, "w")
+    time.sleep(0.15)
+    assert store.unsent(older_than_s=0.1) == [job.id]  # its message may be lost: it must still end
+    assert store.claim(job.id, "next") is Claim.DONE
+    assert store.get(job.id).status is JobStatus.CANCELLED
