@@ -5,7 +5,7 @@ read its log, cancel it.
                                   {"kind": "regenerate" | "eval", "args": {...the command's flags...}} -> 201
     GET  /v1/jobs[?status=&limit=&before=]    newest first
     GET  /v1/jobs/{id}            status, attempts, progress, result (the exported draft, data, report) or error
-    GET  /v1/jobs/{id}/log        the command's log (text), `?tail=N` lines
+    GET  /v1/jobs/{id}/log        the command's log (text), `?tail=N` lines, `&follow=true` to stream it
     POST /v1/jobs/{id}/cancel     a queued job ends at once, a running one within a heartbeat
     GET  /health, /ready, /metrics
 
@@ -31,14 +31,14 @@ from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from sqlalchemy.exc import DBAPIError
 
 from services.common.auth import ApiKeyMiddleware
 from services.common.errors import APIError, error_response, install_error_handlers
-from services.trainer.runner import LOG_FILE, cli_argv, job_dir, job_progress, log_tail
+from services.trainer.runner import LOG_FILE, cli_argv, job_dir, job_progress, log_tail, read_tail
 from services.trainer.settings import TrainerSettings
 from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
 from services.trainer.worker import enqueue, maintain, make_celery
@@ -50,6 +50,7 @@ from specserve.training.config import from_dict
 log = logging.getLogger("specserve.trainer")
 router = APIRouter()
 JOB_ID = re.compile(r"job-[0-9a-f]{24}")  # as JobStore.submit makes them
+FOLLOW_POLL_S = 0.5  # how often a followed log is read again
 
 
 ArgValue = StrictStr | StrictInt | StrictFloat | StrictBool
@@ -91,8 +92,10 @@ class JobObject(BaseModel):
     result: dict[str, Any] | None = Field(description="train: `draft`, the exported draft's folder (--drafter "
                                                       "auto:PATH); regenerate: `data`, the JSONL; eval: `report`, "
                                                       "`results`; and `summary`, the end of the log")
-    progress: dict[str, Any] | None = Field(None, description="`step`, `total_steps` and the newest logged "
-                                                              "`metrics` (loss, τ, ...); null before the first step")
+    progress: dict[str, Any] | None = Field(None, description="a training: `step`, `total_steps` and the newest "
+                                            "logged `metrics` (loss, τ, ...); a regeneration: `rows_done`, "
+                                            "`total_rows`, `complete`; null before there is any (and for "
+                                            "evaluations)")
     config: dict[str, Any] | None = Field(description="a training's config")
     args: dict[str, Any] | None = Field(description="a regeneration's or evaluation's flags")
 
@@ -100,7 +103,7 @@ class JobObject(BaseModel):
     def of(cls, job: JobView, settings: TrainerSettings | None = None) -> JobObject:
         fields = ("id", "kind", "status", "nproc", "created_at", "started_at", "finished_at", "attempts", "lost",
                   "cancel_requested", "exit_code", "error", "result")
-        progress = None if settings is None or job.attempts == 0 else job_progress(job_dir(settings, job.id))
+        progress = None if settings is None or job.attempts == 0 else job_progress(job.kind, job_dir(settings, job.id))
         params = {"config": job.config, "args": None} if job.kind == "train" else {"config": None, "args": job.config}
         return cls(**{name: getattr(job, name) for name in fields}, **params, progress=progress)
 
@@ -330,11 +333,46 @@ def get_job(job_id: str, request: Request) -> JobObject:
 
 
 @router.get("/v1/jobs/{job_id}/log", response_class=PlainTextResponse, responses={404: {}})
-def job_log(job_id: str, request: Request, tail: Annotated[int, Query(ge=1, le=100_000)] = 200) -> str:
-    """The last `tail` lines of the job's training log (empty until a worker starts it)."""
+def job_log(job_id: str, request: Request, tail: Annotated[int, Query(ge=1, le=100_000)] = 200,
+            follow: Annotated[bool, Query(description="keep streaming what the job writes until it ends")] = False
+            ) -> Response:
+    """The last `tail` lines of the job's log (empty until a worker starts it); with `follow`, then every line
+    it writes, until the job has ended and its log is read to the end (or the client goes away)."""
     state = _state(request)
     _job(state, job_id)
-    return log_tail(job_dir(state.settings, job_id) / LOG_FILE, tail)
+    path = job_dir(state.settings, job_id) / LOG_FILE
+    if not follow:
+        return PlainTextResponse(log_tail(path, tail))
+    return StreamingResponse(_follow(state, job_id, path, tail, request), media_type="text/plain; charset=utf-8")
+
+
+async def _follow(state: TrainerState, job_id: str, path: Path, tail: int, request: Request):
+    text, position = read_tail(path, tail)
+    yield text
+    while not await request.is_disconnected():
+        finished = (await asyncio.to_thread(state.store.get, job_id)).status.finished  # before reading: no line lost
+        chunk = await asyncio.to_thread(_read_from, path, position, finished)
+        position += len(chunk)
+        if chunk:
+            yield chunk.decode("utf-8", "replace")
+        elif finished:
+            return
+        else:
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+
+def _read_from(path: Path, position: int, everything: bool, limit: int = 1 << 20) -> bytes:
+    """Up to `limit` bytes of `path` after `position`; while the job runs, only whole lines (a line being
+    written waits for its end, unless it is longer than `limit`)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(position)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return b""
+    if everything or len(data) == limit and b"\n" not in data:
+        return data
+    return data[: data.rfind(b"\n") + 1]
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobObject, responses={404: {}, 409: {}})

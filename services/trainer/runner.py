@@ -101,6 +101,11 @@ def job_result(kind: str, directory: Path) -> dict:
 
 def log_tail(path: Path, lines: int, max_bytes: int = 1 << 22) -> str:
     """The last `lines` lines of a text file, read backwards from its end, at most `max_bytes` of it."""
+    return read_tail(path, lines, max_bytes)[0]
+
+
+def read_tail(path: Path, lines: int, max_bytes: int = 1 << 22) -> tuple[str, int]:
+    """`log_tail`, and the file's length it was read at (where following it goes on; 0 for no file)."""
     try:
         with path.open("rb") as f:
             end = f.seek(0, os.SEEK_END)
@@ -111,13 +116,25 @@ def log_tail(path: Path, lines: int, max_bytes: int = 1 << 22) -> str:
                 f.seek(pos)
                 data = f.read(step) + data
     except FileNotFoundError:
-        return ""
-    return b"".join(data.splitlines(keepends=True)[-lines:]).decode("utf-8", "replace")
+        return "", 0
+    return b"".join(data.splitlines(keepends=True)[-lines:]).decode("utf-8", "replace"), end
 
 
-def job_progress(directory: Path) -> dict | None:
-    """`{"step", "total_steps", "metrics"}` of a job that has logged a step: the newest record of the run's
-    metrics.jsonl, and the step count `specserve train` announces at its start; None before the first step."""
+def job_progress(kind: str, directory: Path) -> dict | None:
+    """How far a job has come, from its files; None before there is anything to say (and for evaluations).
+
+    A training: `{"step", "total_steps", "metrics"}`, the newest record of its metrics.jsonl and the step
+    count `specserve train` announces at its start. A regeneration: `{"rows_done", "total_rows",
+    "complete"}`, from the progress file `specserve data regenerate` keeps next to its output."""
+    if kind == "regenerate":
+        try:
+            state = json.loads((directory / f"{OUTPUTS[kind]}.progress.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return {"rows_done": state.get("rows_done"), "total_rows": (state.get("identity") or {}).get("rows"),
+                "complete": bool(state.get("complete"))}
+    if kind != "train":
+        return None
     try:
         record = json.loads(log_tail(directory / CHECKPOINTS / "metrics.jsonl", 1) or "null")
     except json.JSONDecodeError:  # a line being written

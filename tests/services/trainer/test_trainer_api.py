@@ -61,6 +61,8 @@ def test_a_submitted_job_is_queued_listed_readable_and_cancellable(client_for):
     assert evaluation.json()["args"]["draft"] == ["a=ngram", "b=none"]
     cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
+    followed = client.get(f"/v1/jobs/{job['id']}/log", params={"follow": True})
+    assert followed.status_code == 200 and followed.text == ""  # an ended job's stream ends at once
     metrics = client.get("/metrics").text
     assert 'specserve:trainer_jobs{status="cancelled"} 1.0' in metrics
     assert 'specserve:trainer_jobs{status="queued"} 1.0' in metrics  # the evaluation

@@ -126,6 +126,11 @@ def test_a_job_runs_on_a_redis_worker_with_a_postgresql_store_and_exports_a_load
     submitted = client.post("/v1/jobs", json={"config": job_config(steps=4, every=2)})
     assert submitted.status_code == 201, submitted.text
     job_id = submitted.json()["id"]
+    followed = []  # the log, streamed from submission until the job ends
+    with client.stream("GET", f"/v1/jobs/{job_id}/log", params={"follow": "true"}) as stream:
+        assert stream.status_code == 200
+        followed.extend(stream.iter_text())
+    assert job(client, job_id)["status"] in ("succeeded", "failed")  # the stream ended with the job
     done = wait_status(client, job_id, {"succeeded", "failed"}, 180, [w])
     assert done["status"] == "succeeded", done["error"]
     assert done["attempts"] == 1 and done["exit_code"] == 0
@@ -141,6 +146,7 @@ def test_a_job_runs_on_a_redis_worker_with_a_postgresql_store_and_exports_a_load
     assert drafter.model.cfg.kind == "dspark" and drafter.max_block == 3
     log = client.get(f"/v1/jobs/{job_id}/log", params={"tail": 1000}).text
     assert "attempt 1 by" in log and "training dspark: 4 steps" in log
+    assert "".join(followed) == log  # every line, once, in order
     metrics = client.get("/metrics").text
     assert 'specserve:trainer_jobs{status="succeeded"} 1.0' in metrics
     assert "specserve:trainer_jobs_submitted_total 1.0" in metrics
@@ -221,6 +227,7 @@ def test_the_whole_pipeline_over_http_regenerate_train_evaluate(stack, job_confi
     regenerated = run({"kind": "regenerate", "args": {"target": str(tiny_target_dir), "input": str(prompts),
                                                        "max_tokens": 24, "temperature": 0.7, "seed": 1}})
     assert regenerated["args"]["max_tokens"] == 24 and regenerated["config"] is None
+    assert job(client, regenerated["id"])["progress"] == {"rows_done": 12, "total_rows": 12, "complete": True}
     data = regenerated["result"]["data"]
     assert len(open(data).read().splitlines()) == 12
     config = job_config(steps=4, every=2)
