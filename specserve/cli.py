@@ -153,7 +153,7 @@ def cmd_demo_build_target(args) -> int:
 
 _GATEWAY_FIELDS = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
                    "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device", "verifier_urls",
-                   "drafter_url", "threads", "trainer_url")
+                   "drafter_url", "threads", "trainer_url", "trainer", "trainer_state_dir")
 
 
 def _add_serve(sub) -> None:
@@ -187,6 +187,10 @@ def _add_serve(sub) -> None:
     serve.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
     serve.add_argument("--threads", type=int, help="torch threads of the engine (default: OMP_NUM_THREADS, else "
                                                    "usable cores - 1, at least 1: the HTTP event loop keeps a core)")
+    serve.add_argument("--trainer", action="store_true", default=None,
+                       help="also serve training jobs (/v1/jobs: train, regenerate, eval) with a trainer worker child "
+                            "process, on the trainer's embedded default (SQLite store and broker)")
+    serve.add_argument("--trainer-state-dir", help="job folders of --trainer (default ./trainer-state)")
     gateway.add_argument("--verifier-urls", required=True, help="comma-separated verifier replicas (host:port)")
     gateway.add_argument("--drafter-url", help="drafter service (host:port); unset = no speculation")
 
@@ -289,6 +293,8 @@ def cmd_serve(args) -> int:
     from services.gateway.main import serve
     from services.gateway.settings import GatewaySettings
 
+    if getattr(args, "trainer", None):
+        _need_trainer_extra()
     asyncio.run(serve(GatewaySettings(**_given(args, _GATEWAY_FIELDS))))
     return 0
 

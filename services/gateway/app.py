@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -53,6 +53,16 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        async with AsyncExitStack() as stack:
+            if settings.trainer:
+                from services.gateway.trainer_host import hosted_trainer  # the trainer extra, only when asked for
+
+                await stack.enter_async_context(hosted_trainer(app, settings))
+            async with _engine_lifespan(app):
+                yield
+
+    @asynccontextmanager
+    async def _engine_lifespan(app: FastAPI):
         built = engine if engine is not None else await asyncio.to_thread(engine_factory, settings)
         if built.tokenizer is None:
             raise ModelLoadError("the gateway needs a target with a tokenizer (text in, text out)")
@@ -78,7 +88,14 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
     install_error_handlers(app)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.include_router(router)
-    app.include_router(jobs_router(settings))
+    if settings.trainer:  # the trainer's own /v1/jobs routes, on the state hosted_trainer keeps
+        from services.trainer.app import install_store_error_handler
+        from services.trainer.app import router as trainer_router
+
+        install_store_error_handler(app)
+        app.include_router(trainer_router)
+    else:
+        app.include_router(jobs_router(settings))
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -50,7 +51,12 @@ class GatewaySettings(BaseSettings):
     drafter_url: str | None = Field(None, description="gRPC address of the drafter service (scale-out mode); "
                                                       "unset = no speculation")
 
-    # --- training jobs (proxied to the trainer API) ---------------------------------------------------
+    # --- training jobs (served here with `trainer`, or proxied to the trainer API) ----------------------
+    trainer: bool = Field(False, description="serve /v1/jobs here, with a trainer worker child process, on the "
+                                             "trainer's embedded default (SQLite store and broker in "
+                                             "trainer_state_dir); `specserve serve --trainer`")
+    trainer_state_dir: Path = Field(Path("trainer-state"), description="the hosted trainer's job folders and "
+                                                                       "SQLite files")
     trainer_url: str | None = Field(None, description="the trainer API (http://host:8100); set = /v1/jobs* are "
                                                       "forwarded there; unset = they answer 404")
     trainer_client_key: str | None = Field(None, repr=False, description="the key the gateway sends to the trainer")
@@ -75,6 +81,8 @@ class GatewaySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.trainer and self.trainer_url:
+            raise ValueError("trainer (serve the jobs here) and trainer_url (forward them) exclude each other")
         if self.n_limit > self.max_waiting:
             raise ValueError(f"n_limit ({self.n_limit}) cannot exceed max_waiting ({self.max_waiting}): "
                              "a request with n choices needs n admission slots")

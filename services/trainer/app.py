@@ -48,7 +48,8 @@ from specserve.eval.runner import DraftSpec
 from specserve.training.config import from_dict
 
 log = logging.getLogger("specserve.trainer")
-router = APIRouter()
+router = APIRouter()  # /v1/jobs...: what the gateway also serves when it hosts the jobs (`serve --trainer`)
+service_router = APIRouter()  # /health, /ready, /metrics of the trainer service itself
 JOB_ID = re.compile(r"job-[0-9a-f]{24}")  # as JobStore.submit makes them
 FOLLOW_POLL_S = 0.5  # how often a followed log is read again
 
@@ -126,24 +127,25 @@ class TrainerState:
                                 "stopped reporting", registry=self.registry)
 
 
-def create_app(settings: TrainerSettings) -> FastAPI:
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        state = TrainerState(settings, JobStore(settings.store_url))
-        app.state.trainer = state
-        reaper = asyncio.create_task(_reap(state))
-        log.info("trainer API ready: %d jobs queued", state.store.counts()[JobStatus.QUEUED])
-        try:
-            yield
-        finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
-            state.store.close()
+@contextlib.asynccontextmanager
+async def trainer_state(app: FastAPI, settings: TrainerSettings):
+    """The jobs API's state on `app` (store, Celery app, metrics) and its reaper, for as long as the block runs:
+    the trainer app's lifespan, and the gateway's when it serves the jobs itself (`specserve serve --trainer`)."""
+    state = TrainerState(settings, await asyncio.to_thread(JobStore, settings.store_url))
+    app.state.trainer = state
+    reaper = asyncio.create_task(_reap(state))
+    log.info("trainer API ready: %d jobs queued", state.store.counts()[JobStatus.QUEUED])
+    try:
+        yield state
+    finally:
+        reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reaper
+        state.store.close()
 
-    app = FastAPI(title="specserve trainer", version="0.1.0", lifespan=lifespan,
-                  description="Training jobs for DSpark, DFlash and Eagle3 drafts, run by Celery workers.")
-    install_error_handlers(app)
+
+def install_store_error_handler(app: FastAPI) -> None:
+    """A failing job store is a 503 with Retry-After, never a 500."""
 
     @app.exception_handler(DBAPIError)
     async def _store_down(request: Request, exc: DBAPIError):
@@ -151,8 +153,20 @@ def create_app(settings: TrainerSettings) -> FastAPI:
         return error_response(503, f"the job store is unreachable or failed ({type(exc.orig).__name__}); retry "
                                    "shortly", None, "store_unavailable", {"Retry-After": "5"})
 
+
+def create_app(settings: TrainerSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with trainer_state(app, settings):
+            yield
+
+    app = FastAPI(title="specserve trainer", version="0.1.0", lifespan=lifespan,
+                  description="Training jobs for DSpark, DFlash and Eagle3 drafts, run by Celery workers.")
+    install_error_handlers(app)
+    install_store_error_handler(app)
     app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
     app.include_router(router)
+    app.include_router(service_router)
     return app
 
 
@@ -387,13 +401,13 @@ def cancel_job(job_id: str, request: Request) -> JobObject:
         raise APIError(409, str(exc), "job_id", "job_finished") from None
 
 
-@router.get("/health")
+@service_router.get("/health")
 async def health() -> dict:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "the job store or the broker is unreachable"}})
+@service_router.get("/ready", responses={503: {"description": "the job store or the broker is unreachable"}})
 def ready(request: Request) -> dict:
     """Readiness: the job store answers and the broker accepts a connection."""
     state = _state(request)
@@ -411,7 +425,7 @@ def ready(request: Request) -> dict:
     return {"status": "ready"}
 
 
-@router.get("/metrics")
+@service_router.get("/metrics")
 def metrics(request: Request) -> Response:
     """Prometheus: jobs by status (read from the store at scrape time), submitted and requeued counters."""
     state = _state(request)

@@ -118,7 +118,11 @@ def serving_port(c: Container, monkeypatch) -> int | None:
 
 
 def routes(role: str) -> set[str]:
-    return {r.path for r in importlib.import_module(HTTP_ROUTES[role]).router.routes}
+    """Paths of every APIRouter the role's app module defines (the trainer splits /v1/jobs from its probes)."""
+    from fastapi import APIRouter
+
+    module = importlib.import_module(HTTP_ROUTES[role])
+    return {r.path for value in vars(module).values() if isinstance(value, APIRouter) for r in value.routes}
 
 
 # ---- schemas and tools -------------------------------------------------------------------------------------
