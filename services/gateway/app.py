@@ -139,8 +139,14 @@ async def ready(request: Request) -> dict:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics of this gateway (`specserve:` prefix, vLLM names)."""
-    return Response(_state(request, serving_only=False).metrics.render(), media_type=CONTENT_TYPE)
+    """Prometheus metrics of this gateway (`specserve:` prefix, vLLM names), and its hosted trainer's (--trainer)."""
+    body = _state(request, serving_only=False).metrics.render()
+    trainer = getattr(request.app.state, "trainer", None)
+    if trainer is not None:
+        from services.trainer.app import render_metrics
+
+        body += await asyncio.to_thread(render_metrics, trainer)
+    return Response(body, media_type=CONTENT_TYPE)
 
 
 @router.get("/v1/models")

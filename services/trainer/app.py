@@ -428,10 +428,14 @@ def ready(request: Request) -> dict:
 @service_router.get("/metrics")
 def metrics(request: Request) -> Response:
     """Prometheus: jobs by status (read from the store at scrape time), submitted and requeued counters."""
-    state = _state(request)
+    return Response(render_metrics(_state(request)), media_type=CONTENT_TYPE_LATEST)
+
+
+def render_metrics(state: TrainerState) -> bytes:
+    """The trainer's metrics, the jobs by status read from the store now (the gateway appends them with --trainer)."""
     for status, count in state.store.counts().items():
         state.jobs.labels(status=status.value).set(count)
-    return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+    return generate_latest(state.registry)
 
 
 def serve(settings: TrainerSettings) -> None:

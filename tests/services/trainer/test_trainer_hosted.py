@@ -37,6 +37,9 @@ def test_the_embedded_gateway_runs_training_jobs_beside_completions(tiny_target_
         assert done["result"]["draft"].startswith(str((tmp_path / "jobs" / "jobs" / job_id).resolve()))
         bad = client.post("/v1/jobs", json={"config": {"model": {"target": "/t"}}}, headers=auth)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "config.data.train_file"
+        metrics = client.get("/metrics").text  # the gateway's and its trainer's
+        assert "specserve:spec_decode_num_drafts_total" in metrics
+        assert 'specserve:trainer_jobs{status="succeeded"} 1.0' in metrics
     # the worker child went with the app
     running = subprocess.run(["pgrep", "-f", f"trainer-worker --state-dir {tmp_path / 'jobs'}"],
                              capture_output=True, text=True).stdout.split()
