@@ -120,6 +120,20 @@ def read_tail(path: Path, lines: int, max_bytes: int = 1 << 22) -> tuple[str, in
     return b"".join(data.splitlines(keepends=True)[-lines:]).decode("utf-8", "replace"), end
 
 
+def read_from(path: Path, position: int, everything: bool, limit: int = 1 << 20) -> bytes:
+    """Up to `limit` bytes of `path` after `position`; while the job runs, only whole lines (a line being
+    written waits for its end, unless it is longer than `limit`)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(position)
+            data = f.read(limit)
+    except FileNotFoundError:
+        return b""
+    if everything or len(data) == limit and b"\n" not in data:
+        return data
+    return data[: data.rfind(b"\n") + 1]
+
+
 def job_progress(kind: str, directory: Path) -> dict | None:
     """How far a job has come, from its files; None before there is anything to say (and for evaluations).
 

@@ -18,6 +18,7 @@ import threading
 
 from celery import Celery, signals
 from celery.exceptions import Reject
+from kombu.utils.url import maybe_sanitize_url
 
 from services.trainer.runner import JobRunner
 from services.trainer.settings import TrainerSettings
@@ -119,17 +120,9 @@ def run_worker(settings: TrainerSettings, loglevel: str = "INFO") -> None:
         stop_reaper.set()
         app.job_runner().stop()
 
-    log.info("trainer worker: broker %s, store %s, queue %s", _redact(settings.broker), _redact(settings.store_url),
+    log.info("trainer worker: broker %s, store %s, queue %s", maybe_sanitize_url(settings.broker),
+             maybe_sanitize_url(settings.store_url),
              settings.queue)
     app.worker_main(["worker", "--pool", "solo", "--concurrency", "1", "--loglevel", loglevel,
                      "--queues", settings.queue, "--hostname", f"trainer@{socket.gethostname()}:{os.getpid()}",
                      "--without-gossip", "--without-mingle"])
-
-
-def _redact(url: str) -> str:
-    """A URL without its password, for logs."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
