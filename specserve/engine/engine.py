@@ -28,7 +28,7 @@ from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock, Drafter, DraftRequest
 from specserve.engine.detokenizer import IncrementalDetokenizer
 from specserve.engine.request import Request, RequestOutput, RoundRecord, Status
-from specserve.engine.round_costs import RoundCosts
+from specserve.engine.round_costs import DraftShare, RoundCosts
 from specserve.engine.verifier import OpenRequest, Verifier, VerifyRequest, VerifyResult
 from specserve.errors import ContextLengthError, IncompatibleDrafterError, InvalidRequestError
 
@@ -192,25 +192,26 @@ class SpecEngine:
         batch = list(self.running)
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
         load = None
-        if self.policy.needs_load:  # what this round may draft, whether it drafts, the costs its budgets see
+        drafters = len(batch)
+        if self.policy.needs_load:  # what this round may draft, who drafts, the costs its budgets see
             report = self.verifier.load()
             cap = self._costs.draft_cap(cap, report.sps, len(batch))
-            drafting = self._costs.should_draft(report.sps, len(batch), cap)
+            drafters = self._costs.drafting_requests(report.sps, len(batch), cap)
             load = self._costs.priced(report, len(batch), cap)
-        else:
-            drafting = True
+        fed = [r for r in batch if r.id in self._drafting] if drafters else []
+        if drafters < len(batch):  # a probe drafts for a few requests: those with the least to catch up
+            fed = sorted(fed, key=lambda r: r.committed_len - r.drafter_len)[:drafters]
         # positions the drafter must take in before it drafts (prompts, rounds decoded without it); a round
         # that catches up on more than a round's worth costs more than drafting does in a steady stream
-        fed = [r for r in batch if r.id in self._drafting]
         backlog = sum(r.committed_len - r.drafter_len for r in fed)
         # what the drafter is asked for, if it runs (RoundCosts prices its call per slot)
         slots = sum(self._draft_room(r, cap) for r in fed) if load is not None else 0
         propose_start = time.perf_counter()
-        blocks = self._propose(batch, cap) if drafting else [_NO_DRAFT] * len(batch)
+        blocks = self._propose(batch, fed, cap)
         propose_s = time.perf_counter() - propose_start - self._opening_s
-        drafted = drafting and any(r.id in self._drafting for r in batch)  # the drafter was called
+        drafted = bool(fed)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
-        budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load)
+        budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load) if drafted else [0] * len(batch)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
                                position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
         verify_start = time.perf_counter()
@@ -241,6 +242,13 @@ class SpecEngine:
                     r.unsent_taps.append(res.taps)  # joined once, when the drafter next runs
             self._commit(r, res.tokens, outputs)
         if load is not None:
+            share = None
+            if drafted and drafters < len(batch):  # what the requests that drafted verified and committed
+                asked = {r.id for r in fed}
+                mine = [i for i, r in enumerate(batch) if r.id in asked]
+                longest = max(budgets[i] for i in mine)
+                share = DraftShare(len(mine), sum(len(results[i].tokens) for i in mine),
+                                   sum(budgets[i] + load.padding_cost * (longest - budgets[i]) for i in mine))
             self._costs.record(drafted, time.perf_counter() - start - self._opening_s, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
@@ -248,10 +256,11 @@ class SpecEngine:
                                padding_cost=load.padding_cost,
                                propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival([None if b.confidence is None else b.confidence[:k]
-                                                        for b, k in zip(blocks, proposed, strict=True)], cap))
+                                                        for b, k in zip(blocks, proposed, strict=True)], cap),
+                               share=share)
 
-    def _propose(self, batch: list[Request], cap: int) -> list[DraftBlock]:
-        asked = [r for r in batch if r.id in self._drafting]
+    def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:
+        """Drafts of the `asked` requests of the batch (the others get none)."""
         if cap == 0 or not asked:
             return [_NO_DRAFT] * len(batch)
         asked = [r for r in asked if self._open_drafter(r)]

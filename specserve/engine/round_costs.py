@@ -28,8 +28,12 @@ The engine drafts while the first is at least the second, otherwise decodes plai
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
 (`clear_gap`), at a load both choices were tried at, is probed `clear_probe_factor` times less often:
-under a load where drafting clearly loses, probes soon take 2 rounds in 258. The same model prices the
-budgets of the round (`priced`):
+under a load where drafting clearly loses, probes soon take 2 rounds in 258. A probe of drafting while plain
+decoding is preferred drafts for a share of the round's requests only (`probe_share`, at least one): what it
+measures (the drafts' survival, the drafter's cost per request and per slot, the verify's cost per token, the
+round's overhead at this load) does not need every request to draft, and a whole batch drafting cost the demo
+over gRPC at 8 requests 9 % of its plain throughput (a catch-up of every request's backlog, a verify of 4× the
+tokens). The same model prices the budgets of the round (`priced`):
 Algorithm 1 sees the measured cost of a verified token, not the bare forward's (the fit's tokens count each
 padded slot at the verifier's `padding_cost`; the scheduler then fills padding that pays, see
 `PrefixScheduler`). Taking the whole gap
@@ -194,6 +198,16 @@ class DrafterFit(_DecayedSums):
         return c + a * requests + b * slots
 
 
+@dataclass(frozen=True)
+class DraftShare:
+    """The requests of a round that drafted, when only some of them did (a probe): how many, the tokens they
+    committed, and the draft tokens they verified (a padded slot among them counting `padding_cost` of a token)."""
+
+    requests: int
+    committed: int
+    verified: float
+
+
 @dataclass
 class RoundCosts:
     probe_every: int = 8  # rounds of the preferred choice before the other is tried again...
@@ -209,6 +223,8 @@ class RoundCosts:
     # for 50 rounds).
     clear_gap: float = 0.10
     clear_probe_factor: int = 4
+    # the share of a round's requests a probe of drafting drafts for (at least one), while plain decoding is preferred
+    probe_share: float = 0.125
     # seconds a round spends outside the verify call, against the requests of the round: drafting / plain rounds
     overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
@@ -230,6 +246,7 @@ class RoundCosts:
     _streak: int = 0  # rounds of the preferred choice since the last probe
     _probe_left: int = 0  # rounds of the running probe still to come
     _probed: bool = False  # a probe ended with the last round
+    _probing: bool = False  # the choice last returned is a probe
     # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
     # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
     _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
@@ -241,17 +258,20 @@ class RoundCosts:
         if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
+        if not 0.0 < self.probe_share <= 1.0:
+            raise ValueError(f"need 0 < probe_share <= 1, got {self.probe_share}")
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
                padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
-               survival: list[float] | None = None) -> None:
+               survival: list[float] | None = None, share: DraftShare | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
         `propose_s`: the drafter call's time for `slots` drafted slots; `survival`: the round's mean prefix
-        survival per slot). `steady` False: the drafter also took in a backlog, so the round's overhead is not
-        typical of drafting (its τ and verified tokens still count)."""
+        survival per slot; `share`: what the requests that drafted verified and committed, when only some of the
+        round's requests drafted). `steady` False: the drafter also took in a backlog, so the round's overhead is
+        not typical of drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
         effective = tokens + padding_cost * padded
@@ -261,8 +281,10 @@ class RoundCosts:
         if drafted:
             self._drafting_rounds += 1
             n = self._drafting_rounds
-            self.tau = _average(self.tau, committed / requests, n, TAU_EMA)
-            self.verified = _average(self.verified, (effective - requests) / requests, n, TAU_EMA)
+            if share is None:
+                share = DraftShare(requests, committed, effective - requests)
+            self.tau = _average(self.tau, share.committed / share.requests, n, TAU_EMA)
+            self.verified = _average(self.verified, share.verified / share.requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
             if survival:
@@ -339,10 +361,20 @@ class RoundCosts:
         expected = 1.0 + sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
         return requests * expected / self._round_s(True, sps, requests, requests * (1 + k), k)
 
-    def should_draft(self, sps: dict[int, float], requests: int, cap: int = 0) -> bool:
+    def drafting_requests(self, sps: dict[int, float], requests: int, cap: int = 0) -> int:
+        """How many of the round's `requests` draft: all of them or none (the faster choice), or a share of them
+        (a probe of drafting while plain decoding is preferred, `probe_share`)."""
+        if not self._should_draft(sps, requests, cap):
+            return 0
+        if self._probing and not self._preferred:
+            return min(requests, max(1, math.ceil(self.probe_share * requests)))
+        return requests
+
+    def _should_draft(self, sps: dict[int, float], requests: int, cap: int) -> bool:
         """Draft this round? Measures a plain round first, then drafts until a steady drafting round is measured;
         then the faster, with probes of the other whose interval doubles while they confirm the preference and
         resets when it changes."""
+        self._probing = False
         if not sps:
             return True  # nothing to compare with: the policy alone decides
         if self.overhead_plain.empty:
@@ -352,6 +384,7 @@ class RoundCosts:
         if self._probe_left > 0:  # a probe runs its course whatever the estimates say meanwhile
             self._probe_left -= 1
             self._probed = self._probe_left == 0
+            self._probing = True
             return not self._preferred
         drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
@@ -374,6 +407,7 @@ class RoundCosts:
             self._streak = 0
             self._probe_left = (1 if preferred else self.drafting_probe) - 1
             self._probed = self._probe_left == 0
+            self._probing = True
             return not preferred
         self._streak += 1
         return preferred

@@ -210,3 +210,40 @@ def test_mean_survival_per_slot_over_the_requests_that_reach_it():
     got = _mean_survival([torch.tensor([0.5, 0.5]), None, torch.tensor([1.0])], 2)
     assert got == pytest.approx([0.75, 0.25])
     assert _mean_survival([torch.tensor([0.5, 0.5])], 3) is None, "no draft reached the cap: says nothing past it"
+
+
+def test_a_probe_drafts_for_the_requests_with_the_least_to_catch_up():
+    """A probe of drafting under a load where plain decoding is preferred drafts for a few requests only: those whose
+    drafter is furthest along (least backlog), so the probe's second round drafts for the same ones, steadily; its τ
+    is theirs, not diluted by the requests that decoded plainly; the output stays the target's greedy decoding. The
+    decisions are scripted (`drafting_requests` replaced): real timings cannot make plain decoding the preference
+    reliably on a test machine."""
+    from specserve.decoding.budget import PrefixScheduler
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    refs = greedy_reference(model, PROMPTS, MAX_NEW)
+    drafter = NgramDrafter(max_block=4)
+    engine = SpecEngine(LocalVerifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), drafter,
+                        PrefixScheduler(max_block=4), max_batch=8)
+    script = iter([0, 0, 0, 2, 2, *[0] * 6, 2, 2])
+    engine._costs.drafting_requests = lambda sps, requests, cap=0: min(requests, next(script, 0))
+    asked, shares = [], []
+    propose, record = drafter.propose, engine._costs.record
+
+    def spy_propose(batch):
+        asked.append(sorted(item.session for item in batch))
+        return propose(batch)
+
+    def spy_record(drafted, *args, **kw):
+        if drafted:
+            shares.append((kw["steady"], kw["share"]))
+        return record(drafted, *args, **kw)
+
+    drafter.propose, engine._costs.record = spy_propose, spy_record
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == refs
+    shortest = sorted(r.id for r in sorted(requests, key=lambda r: len(r.prompt_ids))[:2])
+    assert asked == [shortest] * 4, "the two shortest prompts first (least to take in), then the same two"
+    assert [steady for steady, _ in shares] == [False, True, False, True], "each probe's first round catches up"
+    assert all(share.requests == 2 and 2 <= share.committed <= 10 for _, share in shares)
+    assert engine._costs.tau == pytest.approx(sum(s.committed for _, s in shares) / 8)

@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.decoding.budget import sps_at
-from specserve.engine.round_costs import LinearFit, RoundCosts
+from specserve.engine.round_costs import DraftShare, LinearFit, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
@@ -18,10 +18,10 @@ def feed(costs: RoundCosts, *, drafting_s: float, plain_s: float, tau: float, ve
 
 def test_measures_plain_then_drafting_before_comparing():
     costs = RoundCosts()
-    assert costs.should_draft(SPS, 4) is False, "first a plain round, to measure it"
+    assert costs.drafting_requests(SPS, 4) == 0, "first a plain round, to measure it"
     costs.record(False, 0.010, SPS, 4, tokens=4, committed=4)
-    assert costs.should_draft(SPS, 4) is True, "then a drafting round"
-    assert costs.should_draft({}, 4) is True, "without an SPS table the policy alone decides"
+    assert costs.drafting_requests(SPS, 4) == 4, "then a drafting round"
+    assert costs.drafting_requests({}, 4) == 4, "without an SPS table the policy alone decides"
 
 
 def test_drafts_when_it_pays_and_decodes_plainly_when_it_does_not():
@@ -30,24 +30,42 @@ def test_drafts_when_it_pays_and_decodes_plainly_when_it_does_not():
     feed(costs, drafting_s=0.012, plain_s=0.006, tau=2.5, verified=3, requests=2)
     drafting, plain = costs.rates(SPS, 2)
     assert drafting == pytest.approx(5 / 0.012) and plain == pytest.approx(2 / 0.006)
-    assert costs.should_draft(SPS, 2) is True
+    assert costs.drafting_requests(SPS, 2) == 2
     # the same costs at 32 requests: verifying 4 tokens each is a 128-token forward, far slower than 32 tokens
     costs = RoundCosts()
     feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
-    assert costs.should_draft(SPS, 32) is False
+    assert costs.drafting_requests(SPS, 32) == 0
 
 
 def test_probes_the_other_choice_less_often_while_probes_confirm_the_preference():
     costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=1)
     feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
-    choices = [costs.should_draft(SPS, 32) for _ in range(16)]
+    choices = [costs.drafting_requests(SPS, 32) for _ in range(16)]
     probes = [i for i, c in enumerate(choices) if c]
     assert probes == [2, 3, 8, 9, 14, 15], ("2 plain rounds, a two-round probe of drafting (the first catches up), "
                                             "then 4 plain rounds (doubled, capped) between probes")
+    assert {choices[i] for i in probes} == {4}, "a probe of drafting drafts for an eighth of the requests"
     # drafting becomes much cheaper: the preference flips and the interval starts again
     feed(costs, drafting_s=0.004, plain_s=0.020, tau=4.0, verified=3, requests=32, rounds=60)
-    choices = [costs.should_draft(SPS, 32) for _ in range(4)]
-    assert choices == [True, True, False, True]
+    choices = [costs.drafting_requests(SPS, 32) for _ in range(4)]
+    assert choices == [32, 32, 0, 32], "preferred, drafting is every request's; a probe of plain decoding is whole"
+
+
+@pytest.mark.parametrize(("share", "drafters"), [(0.25, 8), (0.01, 1)])
+def test_a_probe_drafts_for_its_share_of_the_requests_and_at_least_one(share, drafters):
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=1, probe_share=share)
+    feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
+    assert [costs.drafting_requests(SPS, 32) for _ in range(6)] == [0, 0, drafters, drafters, 0, 0]
+
+
+def test_a_partial_probe_measures_tau_on_the_requests_that_drafted():
+    """4 of 32 requests drafted, budgets 3 each, and committed 10 tokens between them: τ is 2.5 and 3 tokens were
+    verified per drafting request, not diluted by the 28 requests that decoded plainly (their padding is the
+    probe's, not drafting's)."""
+    costs = RoundCosts()
+    costs.record(True, 0.03, SPS, 32, tokens=44, committed=38, padded=84, padding_cost=0.5,
+                 share=DraftShare(4, 10, 12.0))
+    assert costs.tau == pytest.approx(2.5) and costs.verified == pytest.approx(3.0)
 
 
 def test_a_clear_preference_is_probed_less_often():
@@ -57,11 +75,11 @@ def test_a_clear_preference_is_probed_less_often():
     feed(clear, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
     drafting, plain = clear.rates(SPS, 32)
     assert plain > 1.1 * drafting
-    probes = [i for i in range(40) if clear.should_draft(SPS, 32)]
+    probes = [i for i in range(40) if clear.drafting_requests(SPS, 32)]
     assert probes == [6, 7, 20, 21, 34, 35], "6 plain rounds (2 x 3), a probe of 2, then 12 (doubled, capped at 4 x 3)"
     close = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3, clear_gap=10.0)
     feed(close, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
-    assert [i for i in range(16) if close.should_draft(SPS, 32)] == [2, 3, 8, 9, 14, 15]
+    assert [i for i in range(16) if close.drafting_requests(SPS, 32)] == [2, 3, 8, 9, 14, 15]
 
 
 def test_a_preference_is_clear_only_at_a_load_both_choices_were_tried_at():
@@ -70,14 +88,15 @@ def test_a_preference_is_clear_only_at_a_load_both_choices_were_tried_at():
     at 8 requests has been measured."""
     costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
     feed(costs, drafting_s=0.004, plain_s=0.010, tau=2.5, verified=3, requests=2)
-    assert [i for i in range(40) if not costs.should_draft(SPS, 2)] == [6, 19, 32], "clear at 2: 12-round intervals"
+    assert [i for i in range(40) if not costs.drafting_requests(SPS, 2)] == [6, 19, 32], \
+        "clear at 2: 12-round intervals"
     drafting, plain = costs.rates(SPS, 8)
     assert drafting > 1.1 * plain
-    assert [i for i in range(6) if not costs.should_draft(SPS, 8)] == [0, 3], "at 8: plain probed every 2 rounds"
+    assert [i for i in range(6) if not costs.drafting_requests(SPS, 8)] == [0, 3], "at 8: plain probed every 2 rounds"
     costs.record(False, 0.010, SPS, 8, tokens=8, committed=8)
     costs.record(True, 0.030, SPS, 8, tokens=32, committed=20, steady=False)  # a catch-up round counts as tried
     assert costs.rates(SPS, 8)[0] > 1.1 * costs.rates(SPS, 8)[1]
-    assert [i for i in range(30) if not costs.should_draft(SPS, 8)] == [0, 5, 14, 27], \
+    assert [i for i in range(30) if not costs.drafting_requests(SPS, 8)] == [0, 5, 14, 27], \
         "measured at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
 
 
@@ -270,3 +289,5 @@ def test_probe_settings_are_checked():
         RoundCosts(probe_every=16, max_probe_every=8)
     with pytest.raises(ValueError, match="clear_probe_factor"):
         RoundCosts(clear_probe_factor=0)
+    with pytest.raises(ValueError, match="probe_share"):
+        RoundCosts(probe_share=0.0)
