@@ -37,7 +37,7 @@ from services.common.errors import APIError, error_response, install_error_handl
 from services.trainer.jobs import JobRequest, check_job
 from services.trainer.runner import LOG_FILE, job_dir, job_progress, log_tail, read_from, read_tail
 from services.trainer.settings import TrainerSettings
-from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView
+from services.trainer.store import JobFinished, JobNotFound, JobStatus, JobStore, JobView, QueueFull
 from services.trainer.worker import enqueue, maintain, make_celery
 
 log = logging.getLogger("specserve.trainer")
@@ -183,10 +183,10 @@ def submit(body: JobRequest, request: Request) -> JobObject:
     """Queue a job; 429 with Retry-After when max_queued jobs already wait."""
     state = _state(request)
     params = check_job(body, state.settings)
-    if state.store.counts()[JobStatus.QUEUED] >= state.settings.max_queued:
-        raise APIError(429, f"{state.settings.max_queued} jobs are already queued; retry later", None,
-                       "queue_full", headers={"Retry-After": "60"})
-    job = state.store.submit(params, body.nproc, body.kind)
+    try:
+        job = state.store.submit(params, body.nproc, body.kind, max_queued=state.settings.max_queued)
+    except QueueFull as exc:
+        raise APIError(429, str(exc), None, "queue_full", headers={"Retry-After": "60"}) from None
     try:
         enqueue(state.celery, state.store, job.id)
     except Exception as exc:  # the broker is unreachable: cancel it rather than run it at some later time

@@ -36,6 +36,7 @@ from sqlalchemy import (
     cast,
     create_engine,
     event,
+    false,
     func,
     literal,
     select,
@@ -75,6 +76,14 @@ class JobNotFound(SpecServeError):
 
 class JobFinished(SpecServeError):
     """The job has already ended (a cancel came too late)."""
+
+
+class QueueFull(SpecServeError):
+    """`max_queued` jobs already wait; nothing was stored."""
+
+    def __init__(self, max_queued: int):
+        super().__init__(f"{max_queued} jobs are already queued; retry later")
+        self.max_queued = max_queued
 
 
 class Base(DeclarativeBase):
@@ -142,6 +151,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "specserve_trainer_alembic_version"  # its own name: the database may be shared with other apps
 _PG_MIGRATION_LOCK = 0x5EC5E7  # pg_advisory_xact_lock key: one migrator at a time
+_PG_SUBMIT_LOCK = 0x5EC5E8  # ...and one submission at a time, so that two cannot both see room in the queue
 
 
 def alembic_config(connection) -> AlembicConfig:
@@ -202,10 +212,21 @@ class JobStore:
             s.execute(select(1))
 
     # --- API side -------------------------------------------------------------------------------------
-    def submit(self, config: dict, nproc: int = 1, kind: str = "train") -> JobView:
+    def submit(self, config: dict, nproc: int = 1, kind: str = "train", max_queued: int | None = None) -> JobView:
+        """Store a queued job; with `max_queued`, raise QueueFull when that many already wait. Counting and storing
+        are one transaction that holds the submission lock (PostgreSQL: an advisory lock; SQLite: the write lock,
+        taken first), so concurrent submissions cannot overshoot the limit."""
         row = Job(id=f"job-{uuid.uuid4().hex[:24]}", kind=kind, status=JobStatus.QUEUED.value, config=config,
                   nproc=nproc, created_at=self.now(), attempts=0, lost=0, cancel_requested=False)
         with Session(self.engine) as s, s.begin():
+            if max_queued is not None:
+                if self.engine.dialect.name == "postgresql":
+                    s.execute(text(f"SELECT pg_advisory_xact_lock({_PG_SUBMIT_LOCK})"))
+                elif self.engine.dialect.name == "sqlite":  # a write that changes nothing takes the write lock
+                    s.execute(update(Job).where(false()).values(kind=Job.kind))
+                queued = s.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED.value))
+                if queued >= max_queued:
+                    raise QueueFull(max_queued)
             s.add(row)
             s.flush()
             s.refresh(row)  # created_at, as the database's clock set it

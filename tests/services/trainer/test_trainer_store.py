@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.trainer.store import Claim, JobFinished, JobNotFound, JobStatus, JobStore
+from services.trainer.store import Claim, JobFinished, JobNotFound, JobStatus, JobStore, QueueFull
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,6 +50,32 @@ def test_of_many_workers_claiming_one_job_exactly_one_runs_it(store):
     assert sorted(r.value for r in results) == ["busy"] * 7 + ["claimed"]
     view = store.get(job.id)
     assert view.status is JobStatus.RUNNING and view.attempts == 1 and view.owner.startswith("w")
+
+
+def test_submissions_racing_for_the_last_places_in_the_queue_never_overshoot_max_queued(store):
+    """8 threads (as many API processes) submit at once for the one place left: one job is stored, 7 are refused."""
+    store.submit({}, max_queued=3)
+    running = store.submit({}, max_queued=3)
+    assert store.claim(running.id, "w") is Claim.CLAIMED, "a running job takes no place in the queue"
+    store.submit({}, max_queued=3)
+    outcomes, barrier = [], threading.Barrier(8)
+
+    def submit():
+        barrier.wait()
+        try:
+            store.submit({}, max_queued=3)
+            outcomes.append("stored")
+        except QueueFull:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["refused"] * 7 + ["stored"] and store.counts()[JobStatus.QUEUED] == 3
+    with pytest.raises(QueueFull, match="3 jobs are already queued"):
+        store.submit({}, max_queued=3)
 
 
 def test_an_expired_lease_is_taken_over_only_through_requeue_lost_which_fences_the_old_owner(store):
