@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -135,11 +136,15 @@ def read_from(path: Path, position: int, everything: bool, limit: int = 1 << 20)
 
 
 def job_progress(kind: str, directory: Path) -> dict | None:
-    """How far a job has come, from its files; None before there is anything to say (and for evaluations).
+    """How far a job has come, from its files; None before there is anything to say.
 
     A training: `{"step", "total_steps", "metrics"}`, the newest record of its metrics.jsonl and the step
     count `specserve train` announces at its start. A regeneration: `{"rows_done", "total_rows",
-    "complete"}`, from the progress file `specserve data regenerate` keeps next to its output."""
+    "complete"}`, from the progress file `specserve data regenerate` keeps next to its output. An evaluation:
+    `{"runs_done", "runs_total", "tau"}`, one run per (draft, benchmark) with its τ keyed "draft on benchmark",
+    from the lines `specserve eval` logs."""
+    if kind == "eval":
+        return _eval_progress(directory / LOG_FILE)
     if kind == "regenerate":
         try:
             state = json.loads((directory / f"{OUTPUTS[kind]}.progress.json").read_text())
@@ -163,6 +168,32 @@ def job_progress(kind: str, directory: Path) -> dict | None:
         found = []
     step = record.pop("step")
     return {"step": step, "total_steps": int(found[-1]) if found else None, "metrics": record}
+
+
+_EVAL_BANNER = re.compile(r"evaluation: (\d+) drafts x (\d+) benchmarks")
+_EVAL_RUN = re.compile(r"(\S+) on (\S+): \d+ rounds, \d+ tokens, tau (\S+),")
+_EVAL_LOG_READ = 1 << 22  # an evaluation logs a few lines per run: its first 4 MiB hold them all
+
+
+def _eval_progress(log_file: Path) -> dict | None:
+    try:
+        with log_file.open("rb") as f:
+            text = f.read(_EVAL_LOG_READ).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    banners = list(_EVAL_BANNER.finditer(text))
+    if not banners:
+        return None
+    last = banners[-1]  # a retried job's log holds every attempt: the newest counts
+    drafts, benchmarks = map(int, last.groups())
+    tau = {f"{draft} on {bench}": _finite(value) for draft, bench, value in _EVAL_RUN.findall(text, last.end())}
+    return {"runs_done": len(tau), "runs_total": drafts * benchmarks, "tau": tau}
+
+
+def _finite(value: str) -> float | None:
+    """A logged number, None for nan (a run without rounds), which JSON cannot carry."""
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 class JobRunner:

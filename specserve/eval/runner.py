@@ -234,6 +234,8 @@ def run_drafter(target: CausalLM, drafter: Drafter | None, name: str, spec: str,
 def evaluate(target: CausalLM, drafts: Sequence[DraftSpec], prompt_sets: Sequence[PromptSet],
              settings: EvalSettings) -> list[DraftRun]:
     """Build each draft in turn (one in memory at a time) and run it over every prompt set."""
+    # the trainer service reads this banner and the per-run lines of `run_drafter` as the job's progress
+    log.info("evaluation: %d drafts x %d benchmarks", len(drafts), len(prompt_sets))
     runs = []
     for draft in drafts:
         t0 = time.perf_counter()

@@ -257,3 +257,22 @@ def test_a_training_resumes_whatever_the_submitted_config_says(client_for):
     config = {**minimal_config(), "checkpoint": {"resume": False}}
     assert "set by the trainer" in error(client.post("/v1/jobs", json={"config": config}), 400,
                                          "config.checkpoint.resume")
+
+
+def test_an_evaluations_progress_counts_its_runs_from_the_newest_attempts_log(tmp_path):
+    """`specserve eval` logs a banner and one line per finished (draft, benchmark) run; a retried job's log holds
+    every attempt, and a run without rounds logs τ nan, which JSON cannot carry (None)."""
+    from services.trainer.runner import LOG_FILE, job_progress
+
+    assert job_progress("eval", tmp_path) is None, "no log yet"
+    log = tmp_path / LOG_FILE
+    log.write_text("INFO specserve.eval.cli: loaded target t (2 layers, vocab 64) in 0.1s\n")
+    assert job_progress("eval", tmp_path) is None, "nothing announced yet"
+    line = "2026-11-29 10:00:00,000 INFO specserve.eval.runner: {} on {}: 12 rounds, 40 tokens, tau {}, finish {{}}\n"
+    log.write_text("INFO specserve.eval.runner: evaluation: 2 drafts x 2 benchmarks\n"
+                   + line.format("a", "gsm8k", "9.000")
+                   + "== attempt 2 ==\nINFO specserve.eval.runner: evaluation: 2 drafts x 2 benchmarks\n"
+                   + "INFO specserve.eval.runner: a on gsm8k: 4 prompts, γ = 7, batch 1\n"
+                   + line.format("a", "gsm8k", "3.250") + line.format("b", "mt-bench", "nan"))
+    assert job_progress("eval", tmp_path) == {"runs_done": 2, "runs_total": 4,
+                                              "tau": {"a on gsm8k": 3.25, "b on mt-bench": None}}

@@ -237,6 +237,9 @@ def test_the_whole_pipeline_over_http_regenerate_train_evaluate(stack, job_confi
                                               "suite": [str(prompts)], "max_new_tokens": 8, "limit": 4}})
     report = evaluated["result"]
     results = json.loads(open(report["results"]).read())
+    progress = job(client, evaluated["id"])["progress"]
+    assert (progress["runs_done"], progress["runs_total"]) == (1, 1)
+    assert progress["tau"]["trained on prompts"] == pytest.approx(results["tau"]["trained"]["prompts"], abs=1e-3)
     assert results["tau"]["trained"]["prompts"] >= 1.0  # τ per benchmark, the file stem naming it
     assert results["acceptance"]["trained"]["prompts"]["drafted"] > 0
     assert "trained" in open(report["report"]).read()
