@@ -257,7 +257,7 @@ class SpecEngine:
                                propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival([None if b.confidence is None else b.confidence[:k]
                                                         for b, k in zip(blocks, proposed, strict=True)], cap),
-                               share=share)
+                               share=share, **_promised_and_accepted(blocks, budgets, results))
 
     def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:
         """Drafts of the `asked` requests of the batch (the others get none)."""
@@ -387,6 +387,19 @@ def _mean_survival(confidences: list[torch.Tensor | None], cap: int) -> list[flo
     if longest == 0 or longest < cap:
         return None
     return [statistics.fmean(r[j] for r in rows if len(r) > j) for j in range(longest)]
+
+
+def _promised_and_accepted(blocks: list[DraftBlock], budgets: list[int], results: list[VerifyResult]) -> dict:
+    """Over the requests whose verified drafts carry confidences: the draft tokens those promised (Σ of the prefix
+    survivals of the verified slots) and the draft tokens verification accepted; {} when none do."""
+    promised, accepted, seen = 0.0, 0, False
+    for block, n, res in zip(blocks, budgets, results, strict=True):
+        if n == 0 or block.confidence is None or res.error is not None:
+            continue
+        seen = True
+        promised += sum(survival(block.confidence[:n]))
+        accepted += min(res.accepted, n)
+    return {"promised": promised, "accepted": accepted} if seen else {}
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:

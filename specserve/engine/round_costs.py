@@ -24,6 +24,12 @@ and predicts both rates for the current batch size R from the SPS(B) table:
                (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
     plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
 
+Where they were measured, two of these are read from the rounds themselves: a plain round's seconds at R
+requests are the recent plain rounds' at R (the verify fit, dominated by the more numerous drafting rounds,
+priced a plain round at 2 requests over gRPC 1.3 ms too slow, 8.4 vs 7.1 ms, and the engine drafted there at a
+16 % loss), and Σ a_j is scaled by what verification accepted against what the confidences promised (the demo's,
+calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than were accepted).
+
 The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
@@ -241,6 +247,13 @@ class RoundCosts:
     verified: float | None = None  # draft tokens verified per request per drafting round, plus padding_cost per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
+    # seconds of recent plain rounds per request count (plain rounds are never catch-ups: every one is priced)
+    _plain_s: dict[int, float] = field(default_factory=dict)
+    _plain_n: dict[int, int] = field(default_factory=dict)
+    # decayed sums of the draft tokens the confidences promised (Σ of prefix survivals over the verified budgets)
+    # and of those verification accepted, over drafting rounds
+    _promised: float = 0.0
+    _accepted: float = 0.0
     _preferred: bool | None = None  # the choice the estimates favoured last round
     _interval: int = 0  # current probe interval (0: not started)
     _streak: int = 0  # rounds of the preferred choice since the last probe
@@ -264,14 +277,17 @@ class RoundCosts:
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
                padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
-               survival: list[float] | None = None, share: DraftShare | None = None) -> None:
+               survival: list[float] | None = None, share: DraftShare | None = None,
+               promised: float | None = None, accepted: int = 0) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
         `propose_s`: the drafter call's time for `slots` drafted slots; `survival`: the round's mean prefix
         survival per slot; `share`: what the requests that drafted verified and committed, when only some of the
-        round's requests drafted). `steady` False: the drafter also took in a backlog, so the round's overhead is
-        not typical of drafting (its τ and verified tokens still count)."""
+        round's requests drafted; `promised`: the draft tokens the confidences promised, Σ over requests of the
+        prefix survivals of the slots verified, against the `accepted` ones). `steady` False: the drafter also
+        took in a backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still
+        count)."""
         if not sps or requests == 0:
             return
         effective = tokens + padding_cost * padded
@@ -287,6 +303,9 @@ class RoundCosts:
             self.verified = _average(self.verified, share.verified / share.requests, n, TAU_EMA)
             if longest is not None:  # a short average: a cap that binds must lift again within rounds
                 self.longest = _average(self.longest, longest, n)
+            if promised is not None:
+                keep = 1.0 - TAU_EMA
+                self._promised, self._accepted = keep * self._promised + promised, keep * self._accepted + accepted
             if survival:
                 del self.survival[len(survival):]
                 for j, a in enumerate(survival):
@@ -296,6 +315,9 @@ class RoundCosts:
                         self.survival.append(a)
         low, high = self._tried.get(drafted, (requests, requests))
         self._tried[drafted] = (min(low, requests), max(high, requests))
+        if not drafted:
+            n = self._plain_n[requests] = self._plain_n.get(requests, 0) + 1
+            self._plain_s[requests] = _average(self._plain_s.get(requests), wall_s, n)
         if steady or not drafted:
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
@@ -312,8 +334,8 @@ class RoundCosts:
             drafting = self._fixed_k_rate(sps, requests, cap)
         else:  # what drafting rounds committed and verified of late
             drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
-        plain = requests / self._round_s(False, sps, requests, requests)
-        return drafting, plain
+        plain_s = self._plain_s.get(requests) or self._round_s(False, sps, requests, requests)
+        return drafting, requests / plain_s
 
     def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
         """A round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request and a
@@ -355,11 +377,19 @@ class RoundCosts:
             and requests > 0
 
     def _fixed_k_rate(self, sps: dict[int, float], requests: int, k: int) -> float:
-        """Committed tokens per second drafting and verifying k slots per request: R·(1 + Σ_{j≤k} a_j) per round."""
+        """Committed tokens per second drafting and verifying k slots per request: R·(1 + Σ_{j≤k} a_j) per round,
+        Σ a_j scaled by what verification accepted of what the confidences promised."""
         seen = self.survival
         ratio = min(1.0, seen[-1] / seen[-2]) if len(seen) > 1 and seen[-2] > 0 else seen[-1]
-        expected = 1.0 + sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
+        promised = sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
+        expected = 1.0 + self.acceptance_scale * promised
         return requests * expected / self._round_s(True, sps, requests, requests * (1 + k), k)
+
+    @property
+    def acceptance_scale(self) -> float:
+        """Draft tokens accepted per token the confidences promised, over recent drafting rounds (1 until they
+        promised a token's worth)."""
+        return self._accepted / self._promised if self._promised >= 1.0 else 1.0
 
     def drafting_requests(self, sps: dict[int, float], requests: int, cap: int = 0) -> int:
         """How many of the round's `requests` draft: all of them or none (the faster choice), or a share of them

@@ -291,3 +291,37 @@ def test_probe_settings_are_checked():
         RoundCosts(clear_probe_factor=0)
     with pytest.raises(ValueError, match="probe_share"):
         RoundCosts(probe_share=0.0)
+
+
+def test_a_plain_rounds_cost_is_read_from_plain_rounds_at_that_load_where_there_were_some():
+    """The verify fit is shared with the more numerous drafting rounds and can misprice a small plain verify (over
+    gRPC at 2 requests: 8.4 ms predicted, 7.1 measured): where plain rounds ran at this many requests, their own
+    recent seconds price plain decoding; elsewhere the model does."""
+    costs = RoundCosts()
+    for _ in range(20):  # the verify fit sees drafting rounds only: 4 ms fixed + 1.5 x the profiled forward
+        tokens = 8
+        costs.record(True, 0.004 + 1.5 / sps_at(SPS, tokens), SPS, 2, tokens=tokens, committed=5,
+                     verify_s=0.004 + 1.5 / sps_at(SPS, tokens))
+    costs.record(False, 0.006, SPS, 2, tokens=2, committed=2, verify_s=0.0055)
+    assert costs.rates(SPS, 2)[1] == pytest.approx(2 / 0.006), "measured at 2 requests"
+    assert 2 / costs._round_s(False, SPS, 2, 2) < 0.9 * 2 / 0.006, "where the model prices it too slow"
+    assert costs.rates(SPS, 4)[1] == pytest.approx(4 / costs._round_s(False, SPS, 4, 4)), "not measured at 4: the model"
+    for _ in range(30):
+        costs.record(False, 0.010, SPS, 2, tokens=2, committed=2, verify_s=0.0095)
+    assert costs.rates(SPS, 2)[1] == pytest.approx(2 / 0.010, rel=0.02), "recent rounds weigh most"
+
+
+def test_drafting_is_priced_with_the_acceptance_verification_measured_not_only_the_confidences():
+    """Confidences that promise more accepted tokens than verification accepts would price drafting too high: Σ a_j
+    is scaled by accepted / promised over recent drafting rounds, and left alone until a token's worth was promised."""
+    honest, optimistic = train([0.8, 0.6, 0.45], 0.0005, 0.0001), train([0.8, 0.6, 0.45], 0.0005, 0.0001)
+    assert optimistic.acceptance_scale == 1.0
+    for _ in range(200):
+        honest.record(True, 0.02, SPS, 8, tokens=32, committed=23, promised=15.2, accepted=15,
+                      survival=[0.8, 0.6, 0.45])
+        optimistic.record(True, 0.02, SPS, 8, tokens=32, committed=20, promised=15.2, accepted=12,
+                          survival=[0.8, 0.6, 0.45])
+    assert honest.acceptance_scale == pytest.approx(15 / 15.2)
+    assert optimistic.acceptance_scale == pytest.approx(12 / 15.2)
+    extra = lambda costs: costs._fixed_k_rate(SPS, 8, 3) * costs._round_s(True, SPS, 8, 32, 3) / 8 - 1
+    assert extra(honest) == pytest.approx(15 / 15.2 * 1.85) and extra(optimistic) == pytest.approx(12 / 15.2 * 1.85)
