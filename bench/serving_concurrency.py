@@ -39,7 +39,9 @@ same tokens for the same prompt (lossless), and the texts are compared across al
 
 Metrics per (mode, policy, concurrency): aggregate tokens/s = completion tokens of all requests /
 wall time of the level; per-user tokens/s = mean over requests of completion tokens / request latency
-(time to first token included). Targets (issue 6): the prefix scheduler is never below the best
+(time to first token included); drafted share = the share of request-rounds that verified drafts, from
+the gateway's /metrics (spec_decode_num_drafts / the summed verify batch sizes): what the prefix policy
+chose at that level, 0 where it decoded plainly. Targets (issue 6): the prefix scheduler is never below the best
 fixed-k by more than 5 % (aggregate tokens/s) at any concurrency, and beats no speculation per user
 at every concurrency; the gRPC split costs ≤ 15 % of embedded aggregate throughput at concurrency 8
 (prefix policy).
@@ -247,12 +249,32 @@ async def run_level(url: str, model: str, prompts: list[str], args, concurrency:
         return time.perf_counter() - start, [r for rs in results for r in rs]
 
 
-def summarize(wall: float, records: list[Record]) -> dict:
+# the gateway's speculation counters (services/gateway/metrics.py) that say what its engine chose during a level
+_ENGINE_COUNTERS = {"specserve:spec_decode_num_drafts_total": "drafts",
+                    "specserve:spec_decode_verify_batch_size_sum": "request_rounds",
+                    "specserve:spec_decode_verify_batch_size_count": "rounds"}
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The gateway's verify rounds, request-rounds (a request in a round) and request-rounds that verified drafts,
+    read from its /metrics."""
+    counters = dict.fromkeys(_ENGINE_COUNTERS.values(), 0.0)
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _ENGINE_COUNTERS:
+            counters[_ENGINE_COUNTERS[name]] += float(line.rsplit(" ", 1)[1])
+    return counters
+
+
+def summarize(wall: float, records: list[Record], engine: dict[str, float]) -> dict:
+    """A level's figures; `engine`: the gateway's counters over it, for the share of request-rounds that verified
+    drafts (what a load-aware policy chose: 0 where it decoded plainly)."""
     tokens = sum(r.tokens for r in records)
     per_user = [r.tokens / r.latency_s for r in records if r.latency_s > 0]
     return {"requests": len(records), "tokens": tokens, "wall_s": wall, "aggregate_tps": tokens / wall,
             "per_user_tps": statistics.mean(per_user), "per_user_tps_median": statistics.median(per_user),
-            "ttft_s_median": statistics.median(r.ttft_s for r in records)}
+            "ttft_s_median": statistics.median(r.ttft_s for r in records), "rounds": int(engine["rounds"]),
+            "drafted_share": engine["drafts"] / engine["request_rounds"] if engine["request_rounds"] else 0.0}
 
 
 # ---- configurations -------------------------------------------------------------------------------
@@ -269,17 +291,24 @@ def measure_gateways(urls: dict[str, str], model: str, prompts: list[str], args,
         runs: dict[str, list] = {policy: [] for policy in urls}
         for repeat in range(args.repeats):
             for policy in order[repeat % len(order):] + order[: repeat % len(order)]:
+                before = engine_counters(urls[policy])
                 wall, records = asyncio.run(run_level(urls[policy], model, prompts, args, n))
-                runs[policy].append((wall, records))
-                s = summarize(wall, records)
-                log.info("%s/%s c=%d (repeat %d): %.1f tok/s aggregate, %.1f tok/s per user, %d tokens in %.1fs",
-                         mode, policy, n, repeat + 1, s["aggregate_tps"], s["per_user_tps"], s["tokens"], wall)
+                after = engine_counters(urls[policy])
+                engine = {k: after[k] - before[k] for k in after}
+                runs[policy].append((wall, records, engine))
+                s = summarize(wall, records, engine)
+                log.info("%s/%s c=%d (repeat %d): %.1f tok/s aggregate, %.1f tok/s per user, %d tokens in %.1fs, "
+                         "%d rounds, drafts in %.0f %% of request-rounds", mode, policy, n, repeat + 1,
+                         s["aggregate_tps"], s["per_user_tps"], s["tokens"], wall, s["rounds"],
+                         100 * s["drafted_share"])
                 bar.update(1)
         for policy, done in runs.items():
-            records = [r for _, rs in done for r in rs]
-            results[policy][n] = {"summary": summarize(sum(w for w, _ in done), records),
-                                  "repeats": [summarize(w, rs) for w, rs in done],
-                                  "records": [{**asdict(r), "repeat": i} for i, (_, rs) in enumerate(done) for r in rs]}
+            records = [r for _, rs, _ in done for r in rs]
+            engine = {k: sum(e[k] for _, _, e in done) for k in _ENGINE_COUNTERS.values()}
+            results[policy][n] = {"summary": summarize(sum(w for w, _, _ in done), records, engine),
+                                  "repeats": [summarize(w, rs, e) for w, rs, e in done],
+                                  "records": [{**asdict(r), "repeat": i} for i, (_, rs, _) in enumerate(done)
+                                              for r in rs]}
     return results
 
 
@@ -368,7 +397,14 @@ def table(results: dict, args) -> str:
             cells = [f"{levels[n]['summary']['aggregate_tps']:.0f} / {levels[n]['summary']['per_user_tps']:.1f}"
                      for n in args.concurrency]
             lines.append(f"| {mode} | {policy} | " + " | ".join(cells) + " |")
-    return "aggregate tok/s / per-user tok/s\n\n" + "\n".join(lines)
+    shares = ["", "share of request-rounds that verified drafts (the load-aware policy's choice)", "",
+              "| mode | " + " | ".join(f"c={n}" for n in args.concurrency) + " |",
+              "|---|" + "---|" * len(args.concurrency)]
+    for mode, by_policy in results.items():
+        if "prefix" in by_policy:
+            shares.append(f"| {mode} | " + " | ".join(f"{by_policy['prefix'][n]['summary']['drafted_share']:.2f}"
+                                                     for n in args.concurrency) + " |")
+    return "aggregate tok/s / per-user tok/s\n\n" + "\n".join(lines) + ("\n".join(shares) if len(shares) > 5 else "")
 
 
 def plot(results: dict, args, path: Path) -> None:
