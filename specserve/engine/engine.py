@@ -249,15 +249,17 @@ class SpecEngine:
                 longest = max(budgets[i] for i in mine)
                 share = DraftShare(len(mine), sum(len(results[i].tokens) for i in mine),
                                    sum(budgets[i] + load.padding_cost * (longest - budgets[i]) for i in mine))
+            # each request's prefix survival a_j over the slots it drafted (None: a draft without confidences)
+            survivals = [survival(b.confidence[:k]) if b.confidence is not None and k else None
+                         for b, k in zip(blocks, proposed, strict=True)]
             self._costs.record(drafted, time.perf_counter() - start - self._opening_s, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
                                padding_cost=load.padding_cost,
                                propose_s=propose_s if drafted else None, slots=slots,
-                               survival=_mean_survival([None if b.confidence is None else b.confidence[:k]
-                                                        for b, k in zip(blocks, proposed, strict=True)], cap),
-                               share=share, **_promised_and_accepted(blocks, budgets, results))
+                               survival=_mean_survival(survivals, cap), share=share,
+                               **_promised_and_accepted(survivals, budgets, results))
 
     def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:
         """Drafts of the `asked` requests of the batch (the others get none)."""
@@ -379,25 +381,27 @@ class SpecEngine:
             r.on_output(out)
 
 
-def _mean_survival(confidences: list[torch.Tensor | None], cap: int) -> list[float] | None:
-    """Per slot j, the mean over requests of Π_{i≤j} c_i (requests whose drafts reach slot j); None unless some
-    request's drafts reach the round's cap (rounds cut short by max_tokens say nothing of the slots past them)."""
-    rows = [survival(c) for c in confidences if c is not None and len(c)]
+def _mean_survival(survivals: list[list[float] | None], cap: int) -> list[float] | None:
+    """Per slot j, the mean over requests of their prefix survival a_j = Π_{i≤j} c_i (requests whose drafts reach
+    slot j); None unless some request's drafts reach the round's cap (rounds cut short by max_tokens say nothing of
+    the slots past them)."""
+    rows = [r for r in survivals if r]
     longest = max((len(r) for r in rows), default=0)
     if longest == 0 or longest < cap:
         return None
     return [statistics.fmean(r[j] for r in rows if len(r) > j) for j in range(longest)]
 
 
-def _promised_and_accepted(blocks: list[DraftBlock], budgets: list[int], results: list[VerifyResult]) -> dict:
+def _promised_and_accepted(survivals: list[list[float] | None], budgets: list[int],
+                           results: list[VerifyResult]) -> dict:
     """Over the requests whose verified drafts carry confidences: the draft tokens those promised (Σ of the prefix
     survivals of the verified slots) and the draft tokens verification accepted; {} when none do."""
     promised, accepted, seen = 0.0, 0, False
-    for block, n, res in zip(blocks, budgets, results, strict=True):
-        if n == 0 or block.confidence is None or res.error is not None:
+    for row, n, res in zip(survivals, budgets, results, strict=True):
+        if n == 0 or row is None or res.error is not None:
             continue
         seen = True
-        promised += sum(survival(block.confidence[:n]))
+        promised += sum(row[:n])
         accepted += min(res.accepted, n)
     return {"promised": promised, "accepted": accepted} if seen else {}
 

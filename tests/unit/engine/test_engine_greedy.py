@@ -206,10 +206,10 @@ def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
 def test_mean_survival_per_slot_over_the_requests_that_reach_it():
     from specserve.engine.engine import _mean_survival
 
-    assert _mean_survival([None, torch.tensor([])], 1) is None
-    got = _mean_survival([torch.tensor([0.5, 0.5]), None, torch.tensor([1.0])], 2)
+    assert _mean_survival([None, []], 1) is None
+    got = _mean_survival([[0.5, 0.25], None, [1.0]], 2)
     assert got == pytest.approx([0.75, 0.25])
-    assert _mean_survival([torch.tensor([0.5, 0.5])], 3) is None, "no draft reached the cap: says nothing past it"
+    assert _mean_survival([[0.5, 0.25]], 3) is None, "no draft reached the cap: says nothing past it"
 
 
 def test_a_probe_drafts_for_the_requests_with_the_least_to_catch_up():
