@@ -25,7 +25,7 @@ and predicts both rates for the current batch size R from the SPS(B) table:
     plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
 
 Where they were measured, two of these are read from the rounds themselves: a plain round's seconds at R
-requests are the recent plain rounds' at R (the verify fit, dominated by the more numerous drafting rounds,
+requests are the median of the last plain rounds at R (the verify fit, dominated by the more numerous drafting rounds,
 priced a plain round at 2 requests over gRPC 1.3 ms too slow, 8.4 vs 7.1 ms, and the engine drafted there at a
 16 % loss), and Σ a_j is scaled by what verification accepted against what the confidences promised (the demo's,
 calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than were accepted).
@@ -62,6 +62,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 from specserve.decoding.budget import LoadReport, sps_at
@@ -74,6 +76,11 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 TAU_EMA = 1 / 64
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
+# a plain round at R requests is priced by the median of the last PLAIN_KEPT plain rounds at R, once there are
+# PLAIN_MEASURED of them: one slow round (a GIL stall under HTTP load, 48 ms where its neighbours took 11) taken
+# alone priced plain decoding at 31 requests at 40 % of its speed, and the engine drafted there at a loss
+PLAIN_KEPT = 5
+PLAIN_MEASURED = 3
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -247,9 +254,8 @@ class RoundCosts:
     verified: float | None = None  # draft tokens verified per request per drafting round, plus padding_cost per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
-    # seconds of recent plain rounds per request count (plain rounds are never catch-ups: every one is priced)
-    _plain_s: dict[int, float] = field(default_factory=dict)
-    _plain_n: dict[int, int] = field(default_factory=dict)
+    # seconds of the last few plain rounds per request count (plain rounds are never catch-ups: every one is priced)
+    _plain_s: dict[int, deque[float]] = field(default_factory=dict)
     # decayed sums of the draft tokens the confidences promised (Σ of prefix survivals over the verified budgets)
     # and of those verification accepted, over drafting rounds
     _promised: float = 0.0
@@ -316,8 +322,7 @@ class RoundCosts:
         low, high = self._tried.get(drafted, (requests, requests))
         self._tried[drafted] = (min(low, requests), max(high, requests))
         if not drafted:
-            n = self._plain_n[requests] = self._plain_n.get(requests, 0) + 1
-            self._plain_s[requests] = _average(self._plain_s.get(requests), wall_s, n)
+            self._plain_s.setdefault(requests, deque(maxlen=PLAIN_KEPT)).append(wall_s)
         if steady or not drafted:
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if drafted and propose_s is not None and slots > 0:
@@ -334,7 +339,9 @@ class RoundCosts:
             drafting = self._fixed_k_rate(sps, requests, cap)
         else:  # what drafting rounds committed and verified of late
             drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
-        plain_s = self._plain_s.get(requests) or self._round_s(False, sps, requests, requests)
+        measured = self._plain_s.get(requests, ())
+        plain_s = statistics.median(measured) if len(measured) >= PLAIN_MEASURED else \
+            self._round_s(False, sps, requests, requests)
         return drafting, requests / plain_s
 
     def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
