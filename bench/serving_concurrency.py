@@ -55,6 +55,10 @@ per-user tokens/s against aggregate tokens/s, one curve per policy, one panel pe
       --plot bench/results/serving_concurrency_greedy.png                       # the committed greedy run (~11 min)
   .venv/bin/python bench/serving_concurrency.py --concurrency 1 4 --requests-per-stream 1 --max-tokens 16 \\
       --modes embedded --out /tmp/sc.json --plot /tmp/sc.png                                          # smoke
+  .venv/bin/python bench/serving_concurrency.py --modes grpc --policies none prefix --concurrency 4 16 32 \\
+      --log-dir /tmp/sc-logs --verbose-gateways --out /tmp/sc.json --plot /tmp/sc.png
+      # why the prefix policy chose what it did: /tmp/sc-logs/*-gateway-prefix.log has each change between drafting
+      # and plain decoding with both predicted rates
 """
 
 from __future__ import annotations
@@ -116,6 +120,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads of the gRPC verifier service (`serve-verifier --threads`)")
     p.add_argument("--max-batch", type=int, default=32, help="gateway max_batch (requests decoded together)")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a service may take to get ready")
+    p.add_argument("--log-dir", default=None,
+                   help="keep every service's log in this folder (default: a temporary folder, removed at the end)")
+    p.add_argument("--verbose-gateways", action="store_true",
+                   help="debug logging in the gateways (`specserve -v`): the prefix policy logs each change of its "
+                        "choice between drafting and plain decoding with both predicted rates")
     p.add_argument("--out", default="bench/results/serving_concurrency.json", help="JSON results")
     p.add_argument("--plot", default="bench/results/serving_concurrency.png", help="PNG plot")
     return p.parse_args(argv)
@@ -130,15 +139,18 @@ def free_port() -> int:
 
 
 class Services:
-    """Starts `specserve` commands as child processes (logs in a temp folder) and stops them all."""
+    """Starts `specserve` commands as child processes (a log file each in `log_dir`) and stops them all."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, verbose: tuple[str, ...] = ()):
         self.log_dir = log_dir
+        self.verbose = verbose  # commands started with debug logging (`specserve -v COMMAND`)
         self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+        self.started = 0
 
     def start(self, name: str, threads: int, *args: str) -> subprocess.Popen:
-        logfile = self.log_dir / f"{name}-{len(self.procs)}.log"
-        command = [sys.executable, "-m", "specserve.cli", *args]
+        self.started += 1
+        logfile = self.log_dir / f"{self.started:02d}-{name}.log"
+        command = [sys.executable, "-m", "specserve.cli", *(["-v"] if args[0] in self.verbose else []), *args]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
         log.info("starting %s (%d threads): %s", name, threads, shlex.join(command[2:]))
         proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=logfile.open("w"), stderr=subprocess.STDOUT)
@@ -447,9 +459,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     results: dict = {}
     levels = len(args.concurrency) * len(args.policies) * len(args.modes) * args.repeats
-    with tempfile.TemporaryDirectory(prefix="specserve-bench-") as tmp, logging_redirect_tqdm(), \
-            tqdm(total=levels, desc="levels", unit="level") as bar:
-        services = Services(Path(tmp))
+    with contextlib.ExitStack() as stack:
+        log_dir = Path(args.log_dir) if args.log_dir else \
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="specserve-bench-")))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(logging_redirect_tqdm())
+        bar = stack.enter_context(tqdm(total=levels, desc="levels", unit="level"))
+        services = Services(log_dir, ("serve", "serve-gateway") if args.verbose_gateways else ())
         try:
             for mode in args.modes:
                 results[mode] = (run_embedded(args, services, prompts, bar) if mode == "embedded"

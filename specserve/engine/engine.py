@@ -197,7 +197,7 @@ class SpecEngine:
             report = self.verifier.load()
             cap = self._costs.draft_cap(cap, report.sps, len(batch))
             drafters = self._costs.drafting_requests(report.sps, len(batch), cap)
-            load = self._costs.priced(report, len(batch), cap)
+            load = self._costs.priced(report, len(batch), cap, drafters)
         fed = [r for r in batch if r.id in self._drafting] if drafters else []
         if drafters < len(batch):  # a probe drafts for a few requests: those with the least to catch up
             fed = sorted(fed, key=lambda r: r.committed_len - r.drafter_len)[:drafters]

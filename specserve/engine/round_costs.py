@@ -12,9 +12,13 @@ already run by then: when drafting plus verification yields fewer tokens per sec
   line in the round's requests R: the drafter's work grows with them (a DSpark propose on the demo: 2.8 ms
   at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
   cost measured under load,
-- the drafter's call, as a fixed part per call plus parts per request and per drafted slot, and the mean prefix
-  survival of each draft slot (the product of calibrated confidences), from which `draft_cap` picks how far to
-  draft: the k a fixed-k policy would find fastest,
+- the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that
+  drafted: a probe's call serves an eighth of the round. Fitted against the whole round, it priced drafting for
+  32 requests over gRPC at ~990 tokens/s where fixed-2 measured ~750, and the engine drafted at 4 to 32 streams
+  in 24-68 % of request-rounds, at a loss; fitted against those requests, drafting at 32 was predicted at 620-680
+  against 970-1,040 plain, and the share fell to 0-1 %), and the mean prefix survival of each draft
+  slot (the product of calibrated confidences), from which `draft_cap` picks how far to draft: the k a fixed-k
+  policy would find fastest,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
   ragged verify counting the verifier's `LoadReport.padding_cost` of a token,
 
@@ -290,10 +294,10 @@ class RoundCosts:
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
         `propose_s`: the drafter call's time for `slots` drafted slots; `survival`: the round's mean prefix
         survival per slot; `share`: what the requests that drafted verified and committed, when only some of the
-        round's requests drafted; `promised`: the draft tokens the confidences promised, Σ over requests of the
-        prefix survivals of the slots verified, against the `accepted` ones). `steady` False: the drafter also
-        took in a backlog, so the round's overhead is not typical of drafting (its τ and verified tokens still
-        count)."""
+        round's requests drafted (the drafter's call served those only); `promised`: the draft tokens the
+        confidences promised, Σ over requests of the prefix survivals of the slots verified, against the `accepted`
+        ones). `steady` False: the drafter also took in a backlog, so the round's overhead is not typical of
+        drafting (its τ and verified tokens still count)."""
         if not sps or requests == 0:
             return
         effective = tokens + padding_cost * padded
@@ -325,8 +329,8 @@ class RoundCosts:
             self._plain_s.setdefault(requests, deque(maxlen=PLAIN_KEPT)).append(wall_s)
         if steady or not drafted:
             overhead = wall_s - (forward if verify_s is None else verify_s)
-            if drafted and propose_s is not None and slots > 0:
-                self.propose.add(requests, slots, propose_s)
+            if drafted and propose_s is not None and slots > 0:  # the call served the requests that drafted only
+                self.propose.add(share.requests, slots, propose_s)
                 overhead -= propose_s
             (self.overhead_drafting if drafted else self.overhead_plain).add(requests, max(0.0, overhead))
 
@@ -353,14 +357,14 @@ class RoundCosts:
     def _propose_s(self, requests: int, cap: int) -> float:
         return 0.0 if self.propose.empty or cap <= 0 else self.propose(requests, requests * cap)
 
-    def priced(self, load: LoadReport, requests: int, cap: int = 0) -> LoadReport:
+    def priced(self, load: LoadReport, requests: int, cap: int = 0, drafting: int | None = None) -> LoadReport:
         """The verifier's load with this engine's measured costs, for the budget policy of a round of `requests`
-        drafting `cap` slots each: that round's overhead (the drafter's call included) plus the fixed part of a
-        verify, and the verify's cost per profiled forward."""
+        of which `drafting` (default: all) draft `cap` slots each: that round's overhead (the drafter's call
+        included) plus the fixed part of a verify, and the verify's cost per profiled forward."""
         c0, m = self.verify.coefficients()
         overhead = 0.0 if self.overhead_drafting.empty else self.overhead_drafting(requests)
-        return dataclasses.replace(load, round_overhead_s=overhead + self._propose_s(requests, cap) + c0,
-                                   verify_scale=m)
+        propose = self._propose_s(requests if drafting is None else drafting, cap)
+        return dataclasses.replace(load, round_overhead_s=overhead + propose + c0, verify_scale=m)
 
     def draft_cap(self, cap: int, sps: dict[int, float] | None = None, requests: int = 0) -> int:
         """Tokens worth drafting per request, at most `cap`.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specserve.decoding.budget import sps_at
+from specserve.decoding.budget import LoadReport, sps_at
 from specserve.engine.round_costs import DraftShare, LinearFit, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
@@ -66,6 +66,23 @@ def test_a_partial_probe_measures_tau_on_the_requests_that_drafted():
     costs.record(True, 0.03, SPS, 32, tokens=44, committed=38, padded=84, padding_cost=0.5,
                  share=DraftShare(4, 10, 12.0))
     assert costs.tau == pytest.approx(2.5) and costs.verified == pytest.approx(3.0)
+
+
+def test_a_partial_probe_prices_the_drafters_call_by_the_requests_that_drafted():
+    """Probes drafting 1 to 3 slots for 2 to 8 of 32 requests, the drafter's call costing 1 ms per request that
+    drafted and 0.1 ms per slot: the call is fitted against those requests, so drafting 3 slots for all 32 is priced
+    at 41.6 ms. Fitted against the round's 32 (as before), the slots took the requests' share and the call looked
+    cheaper, and drafting the whole batch under load was priced too cheap (the gateway's log at 32 requests over
+    gRPC: ~990 tokens/s predicted, ~750 measured for fixed-2)."""
+    costs = RoundCosts()
+    for drafting in (2, 4, 6, 8) * 5:
+        for k in (1, 2, 3):
+            costs.record(True, 0.03, SPS, 32, tokens=32 + k * drafting, committed=32 + drafting,
+                         propose_s=0.001 * drafting + 0.0001 * k * drafting, slots=k * drafting,
+                         share=DraftShare(drafting, 2 * drafting, k * drafting))
+    assert costs.propose(32, 96) == pytest.approx(0.0416)
+    whole, probe = costs.priced(LoadReport(sps=SPS), 32, 3), costs.priced(LoadReport(sps=SPS), 32, 3, drafting=4)
+    assert whole.round_overhead_s - probe.round_overhead_s == pytest.approx(0.0416 - 0.0052), "a probe sees its call"
 
 
 def test_a_clear_preference_is_probed_less_often():
