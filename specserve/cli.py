@@ -152,8 +152,8 @@ def cmd_demo_build_target(args) -> int:
 
 
 _GATEWAY_FIELDS = ("host", "port", "target", "served_model_name", "drafter", "block_size", "policy", "fixed_k",
-                   "threshold", "max_batch", "max_waiting", "api_keys", "dtype", "device", "verifier_urls",
-                   "drafter_url", "threads", "trainer_url", "trainer", "trainer_state_dir")
+                   "threshold", "max_batch", "max_waiting", "api_keys", "jobs_api_keys", "dtype", "device",
+                   "verifier_urls", "drafter_url", "threads", "trainer_url", "trainer", "trainer_state_dir")
 
 
 def _add_serve(sub) -> None:
@@ -177,6 +177,8 @@ def _add_serve(sub) -> None:
         p.add_argument("--max-batch", type=int, help="requests decoded together")
         p.add_argument("--max-waiting", type=int, help="requests admitted (running + queued) before answering 429")
         p.add_argument("--api-keys", help="comma-separated API keys; none = open access")
+        p.add_argument("--jobs-api-keys", help="comma-separated API keys of /v1/jobs* (training jobs) instead of "
+                                               "--api-keys, which then get 403 there; none = --api-keys")
         p.add_argument("--trainer-url", help="trainer API (http://host:8100) to forward /v1/jobs* to (its key: "
                                              "SPECSERVE_TRAINER_CLIENT_KEY); unset = no training jobs here")
         p.set_defaults(func=cmd_serve)

@@ -86,7 +86,7 @@ def create_app(settings: GatewaySettings, engine: SpecEngine | None = None,
                   description="OpenAI-compatible completions, served losslessly faster with speculative decoding.")
     app.openapi = lambda: _openapi(app, settings)
     install_error_handlers(app)
-    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys, scopes={"/v1/jobs": settings.jobs_api_keys})
     app.include_router(router)
     if settings.trainer:  # the trainer's own /v1/jobs routes, on the state hosted_trainer keeps
         from services.trainer.app import install_store_error_handler

@@ -25,6 +25,10 @@ class GatewaySettings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, repr=False,
         description="Bearer keys accepted on /v1/*; empty = no authentication. Env: comma-separated.")
+    jobs_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="Bearer keys accepted on /v1/jobs* (training jobs, hosted or forwarded) instead of api_keys, "
+                    "which then get 403 there; empty = api_keys. Env: comma-separated.")
     drain_timeout_s: int = Field(30, ge=0, description="graceful shutdown: time in-flight requests get to finish")
 
     # --- models -----------------------------------------------------------------------------------
@@ -74,7 +78,7 @@ class GatewaySettings(BaseSettings):
     n_limit: int = Field(8, ge=1, description="largest `n` (choices per request) accepted")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503 answers")
 
-    @field_validator("api_keys", "verifier_urls", mode="before")
+    @field_validator("api_keys", "jobs_api_keys", "verifier_urls", mode="before")
     @classmethod
     def _split_keys(cls, value):
         return comma_list(value)

@@ -97,14 +97,20 @@ def job_paths(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_paths(paths: dict[str, Any], roots: list[Path]) -> None:
-    """With `allowed_roots` set, every file a job names must resolve inside one of them (400 naming the field).
-    A hub id is refused there too: download the model into a root first."""
+    """With `allowed_roots` set, every file a job names must be an absolute path inside one of them (400 naming the
+    field). A relative one is refused: the worker reads it from its own working directory, which this API does not
+    know. A hub id is refused too: download the model into a root first."""
     if not roots:
         return
     inside = [root.resolve() for root in roots]
     for field, value in paths.items():
         if not isinstance(value, str) or not value:
             continue
+        if not Path(value).is_absolute():
+            raise APIError.bad_request(field, f"{value!r} is not an absolute path; with allowed_roots set a job names "
+                                              "its files by absolute path (a relative one would be read from the "
+                                              "worker's working directory; a hub id must be downloaded into a root "
+                                              "first)", "path_not_absolute")
         resolved = Path(value).resolve()
         if not any(resolved.is_relative_to(root) for root in inside):
             raise APIError.bad_request(field, f"{value!r} is outside the folders this trainer may read "

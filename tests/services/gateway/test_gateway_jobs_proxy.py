@@ -7,7 +7,7 @@ import socket
 
 import httpx
 import pytest
-from gateway_testkit import API_KEY, LiveServer, gateway_settings
+from gateway_testkit import API_KEY, MODEL, LiveServer, gateway_settings
 
 from services.gateway.app import create_app
 from services.gateway.embedded import build_embedded_engine
@@ -75,3 +75,24 @@ def test_without_a_trainer_or_with_a_wrong_key_or_a_dead_trainer_the_gateway_say
         assert down.headers["retry-after"]
         # the gateway itself is fine
         assert httpx.get(f"{gateway.url}/ready").status_code == 200
+
+
+def test_training_jobs_can_take_their_own_keys_and_a_completions_key_is_refused_there(trainer, tiny_target_dir):
+    """With jobs_api_keys, a key handed out for completions cannot submit training jobs (403 naming the routes),
+    the jobs key cannot serve completions, and an unknown key is still a 401."""
+    jobs_key = "jobs-only-7"
+    with gateway_for(tiny_target_dir, trainer_url=trainer.url, trainer_client_key=TRAINER_KEY,
+                     jobs_api_keys=[jobs_key]) as gateway:
+        base = f"{gateway.url}/v1/jobs"
+        refused = httpx.post(base, json={"config": CONFIG}, headers=AUTH)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "key_not_permitted" and "/v1/jobs/*" in refused.json()["error"][
+            "message"]
+        assert httpx.get(f"{base}/job-x", headers=AUTH).status_code == 403, "every path under /v1/jobs"
+        created = httpx.post(base, json={"config": CONFIG}, headers={"Authorization": f"Bearer {jobs_key}"})
+        assert created.status_code == 201, created.text
+        completion = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+        assert httpx.post(f"{gateway.url}/v1/completions", json=completion,
+                          headers={"Authorization": f"Bearer {jobs_key}"}).status_code == 403
+        assert httpx.post(base, json={"config": CONFIG}, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert httpx.get(f"{gateway.url}/v1/models", headers=AUTH).status_code == 200

@@ -240,6 +240,11 @@ def test_with_allowed_roots_a_job_may_name_only_files_inside_them(client_for, tm
     assert "'/etc/passwd' is outside the folders this trainer may read" in message
     climbing = {**inside, "model": {"target": str(root / ".." / "elsewhere")}}
     assert error(client.post("/v1/jobs", json={"config": climbing}), 400, "config.model.target")
+    # a relative path is read from the worker's working directory, not the API's: refused, as is a hub id
+    for relative in ("shared/qwen3", "Qwen/Qwen3-8B"):
+        named = {**inside, "model": {"target": relative}}
+        assert "not an absolute path" in error(client.post("/v1/jobs", json={"config": named}), 400,
+                                               "config.model.target")
     evaluation = {"target": str(root / "qwen3"), "suite": [str(root / "a.jsonl"), "/tmp/b.jsonl"],
                   "draft": ["ngram:4", f"mine=dspark:{root / 'draft'}"]}
     assert error(client.post("/v1/jobs", json={"kind": "eval", "args": evaluation}), 400, "args.suite.1")
