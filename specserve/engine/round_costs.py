@@ -8,10 +8,8 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 - how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
   rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
   forward; c0 a fixed cost per call, such as an RPC),
-- the rest of a round (drafting, scheduling), separately for rounds that drafted and plain rounds, as a
-  line in the round's requests R: the drafter's work grows with them (a DSpark propose on the demo: 2.8 ms
-  at 1 request, 14 ms at 32), and one average over all loads priced a lone request's drafting with the
-  cost measured under load,
+- the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and a whole plain
+  round (below),
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that
   drafted: a probe's call serves an eighth of the round. Fitted against the whole round, it priced drafting for
   32 requests over gRPC at ~990 tokens/s where fixed-2 measured ~750, and the engine drafted at 4 to 32 streams
@@ -26,15 +24,21 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 
     drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R, R·k) + c0 + m/SPS(R·(1 + k)))
                (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
-    plain:     R / (overhead_plain(R) + c0 + m/SPS(R))
+    plain:     R / (p0 + p/SPS(R))
 
-Where they were measured, two of these are read from the rounds themselves: a plain round's seconds at R
-requests are the median of the last plain rounds at R (the verify fit, dominated by the more numerous drafting rounds,
-priced a plain round at 2 requests over gRPC 1.3 ms too slow, 8.4 vs 7.1 ms, and the engine drafted there at a
-16 % loss), and Σ a_j is scaled by what verification accepted against what the confidences promised (the demo's,
-calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than were accepted).
+A plain round is fitted whole, p0 + p/SPS(R) over recent plain rounds. Priced from the verify fit (dominated by the
+more numerous drafting rounds) plus an overhead, it came out 1.3 ms too slow over gRPC at 2 requests (8.4 vs 7.1
+ms), and the engine drafted there at a 16 % loss. Priced by the median of the last five plain rounds at exactly R,
+it followed whichever rounds had last run at that R: over HTTP at 16 and 32 streams the price of plain decoding
+swung by up to a factor of two from one decision to the next (a round stalls when the event loop or the load
+generator takes the core), and each low swing switched the engine to drafting, at a loss (a third of
+request-rounds drafted at 16 streams over gRPC, prefix at 0.84 of no speculation per user). The fit, like the drafting
+terms, averages the stalls of the last ~50 rounds. And Σ a_j is scaled by what verification accepted against what
+the confidences promised (the demo's, calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than
+were accepted).
 
-The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
+The engine drafts while the first is at least the second, otherwise decodes plainly; from plain decoding it
+switches once drafting is predicted `switch_gap` faster (a switch costs a catch-up round). To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
 (`clear_gap`), at a load both choices were tried at, is probed `clear_probe_factor` times less often:
@@ -66,8 +70,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import statistics
-from collections import deque
 from dataclasses import dataclass, field
 
 from specserve.decoding.budget import LoadReport, sps_at
@@ -80,11 +82,6 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 TAU_EMA = 1 / 64
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
-# a plain round at R requests is priced by the median of the last PLAIN_KEPT plain rounds at R, once there are
-# PLAIN_MEASURED of them: one slow round (a GIL stall under HTTP load, 48 ms where its neighbours took 11) taken
-# alone priced plain decoding at 31 requests at 40 % of its speed, and the engine drafted there at a loss
-PLAIN_KEPT = 5
-PLAIN_MEASURED = 3
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -215,6 +212,17 @@ class DrafterFit(_DecayedSums):
         return c + a * requests + b * slots
 
 
+@dataclass
+class _Choice:
+    """The choice at one load: the one the estimates favoured last, the probe interval and the rounds of the
+    preferred choice since the last probe."""
+
+    preferred: bool | None = None
+    interval: int = 0  # 0: not started
+    streak: int = 0
+    probed: bool = False  # a probe ended with the last round at this load
+
+
 @dataclass(frozen=True)
 class DraftShare:
     """The requests of a round that drafted, when only some of them did (a probe): how many, the tokens they
@@ -240,11 +248,18 @@ class RoundCosts:
     # for 50 rounds).
     clear_gap: float = 0.10
     clear_probe_factor: int = 4
+    # from plain decoding, drafting must be predicted this much faster to be preferred: a switch costs a catch-up
+    # round (the drafter takes in what was decoded without it) that neither rate prices, and near a tie the choice
+    # flipped every few rounds (over gRPC at 2 requests, predictions within 1 % drafted 85 % of request-rounds at
+    # 0.91 of no speculation's speed per user)
+    switch_gap: float = 0.05
     # the share of a round's requests a probe of drafting drafts for (at least one), while plain decoding is preferred
     probe_share: float = 0.125
-    # seconds a round spends outside the verify call, against the requests of the round: drafting / plain rounds
+    # seconds a drafting round spends outside the verify and drafter calls, against the requests of the round
     overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
-    overhead_plain: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    # seconds of a whole plain round against the profiled forward time 1/SPS(R)
+    plain: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
+                                                               keep_slope=True))
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
     # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
@@ -258,26 +273,23 @@ class RoundCosts:
     verified: float | None = None  # draft tokens verified per request per drafting round, plus padding_cost per pad
     longest: float | None = None  # the longest budget of a drafting round (tokens of one request)
     _drafting_rounds: int = 0  # drafting rounds recorded (their τ, verified and longest budget)
-    # seconds of the last few plain rounds per request count (plain rounds are never catch-ups: every one is priced)
-    _plain_s: dict[int, deque[float]] = field(default_factory=dict)
     # decayed sums of the draft tokens the confidences promised (Σ of prefix survivals over the verified budgets)
     # and of those verification accepted, over drafting rounds
     _promised: float = 0.0
     _accepted: float = 0.0
-    _preferred: bool | None = None  # the choice the estimates favoured last round
-    _interval: int = 0  # current probe interval (0: not started)
-    _streak: int = 0  # rounds of the preferred choice since the last probe
+    # the choice and its probes, per load (`_Choice`, keyed by the round's requests in power-of-two bins)
+    _choices: dict[int, _Choice] = field(default_factory=dict)
+    _choice: _Choice | None = None  # that of the last decision (a running probe's)
     _probe_left: int = 0  # rounds of the running probe still to come
-    _probed: bool = False  # a probe ended with the last round
     _probing: bool = False  # the choice last returned is a probe
     # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
     # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
     _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.clear_gap < 0 or self.clear_probe_factor < 1:
-            raise ValueError(f"need clear_gap >= 0 and clear_probe_factor >= 1, got {self.clear_gap}, "
-                             f"{self.clear_probe_factor}")
+        if self.clear_gap < 0 or self.clear_probe_factor < 1 or self.switch_gap < 0:
+            raise ValueError(f"need clear_gap >= 0, clear_probe_factor >= 1 and switch_gap >= 0, got "
+                             f"{self.clear_gap}, {self.clear_probe_factor}, {self.switch_gap}")
         if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
@@ -325,33 +337,34 @@ class RoundCosts:
                         self.survival.append(a)
         low, high = self._tried.get(drafted, (requests, requests))
         self._tried[drafted] = (min(low, requests), max(high, requests))
-        if not drafted:
-            self._plain_s.setdefault(requests, deque(maxlen=PLAIN_KEPT)).append(wall_s)
-        if steady or not drafted:
+        if not drafted:  # plain rounds are never catch-ups: every one is priced
+            self.plain.add(forward, wall_s)
+        elif steady:
             overhead = wall_s - (forward if verify_s is None else verify_s)
-            if drafted and propose_s is not None and slots > 0:  # the call served the requests that drafted only
+            if propose_s is not None and slots > 0:  # the call served the requests that drafted only
                 self.propose.add(share.requests, slots, propose_s)
                 overhead -= propose_s
-            (self.overhead_drafting if drafted else self.overhead_plain).add(requests, max(0.0, overhead))
+            self.overhead_drafting.add(requests, max(0.0, overhead))
 
     def rates(self, sps: dict[int, float], requests: int, cap: int = 0) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests` (drafting `cap` slots each),
         once both were measured."""
-        if self.overhead_drafting.empty or self.overhead_plain.empty or self.tau is None or not sps or requests == 0:
+        if self.overhead_drafting.empty or self.plain.empty or self.tau is None or not sps or requests == 0:
             return None
         if cap > 0 and self._modelled(sps, requests):  # the drafts' own survival at this round's cap
             drafting = self._fixed_k_rate(sps, requests, cap)
         else:  # what drafting rounds committed and verified of late
-            drafting = requests * self.tau / self._round_s(True, sps, requests, requests * (1 + self.verified), cap)
-        measured = self._plain_s.get(requests, ())
-        plain_s = statistics.median(measured) if len(measured) >= PLAIN_MEASURED else \
-            self._round_s(False, sps, requests, requests)
-        return drafting, requests / plain_s
+            drafting = requests * self.tau / self._drafting_s(sps, requests, requests * (1 + self.verified), cap)
+        return drafting, requests / self.plain_s(sps, requests)
 
-    def _round_s(self, drafted: bool, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
-        """A round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request and a
-        verify of `tokens`."""
-        overhead = (self.overhead_drafting if drafted else self.overhead_plain)(requests)
+    def plain_s(self, sps: dict[int, float], requests: int) -> float:
+        """A plain round's predicted seconds at `requests`."""
+        return max(1e-6, self.plain(1.0 / sps_at(sps, requests)))
+
+    def _drafting_s(self, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
+        """A drafting round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request
+        and a verify of `tokens`."""
+        overhead = self.overhead_drafting(requests)
         return max(1e-6, overhead + self._propose_s(requests, cap) + self.verify(1.0 / sps_at(sps, tokens)))
 
     def _propose_s(self, requests: int, cap: int) -> float:
@@ -394,7 +407,7 @@ class RoundCosts:
         ratio = min(1.0, seen[-1] / seen[-2]) if len(seen) > 1 and seen[-2] > 0 else seen[-1]
         promised = sum(seen[j] if j < len(seen) else seen[-1] * ratio ** (j + 1 - len(seen)) for j in range(k))
         expected = 1.0 + self.acceptance_scale * promised
-        return requests * expected / self._round_s(True, sps, requests, requests * (1 + k), k)
+        return requests * expected / self._drafting_s(sps, requests, requests * (1 + k), k)
 
     @property
     def acceptance_scale(self) -> float:
@@ -407,48 +420,53 @@ class RoundCosts:
         (a probe of drafting while plain decoding is preferred, `probe_share`)."""
         if not self._should_draft(sps, requests, cap):
             return 0
-        if self._probing and not self._preferred:
+        if self._probing and not self._choice.preferred:
             return min(requests, max(1, math.ceil(self.probe_share * requests)))
         return requests
 
     def _should_draft(self, sps: dict[int, float], requests: int, cap: int) -> bool:
         """Draft this round? Measures a plain round first, then drafts until a steady drafting round is measured;
         then the faster, with probes of the other whose interval doubles while they confirm the preference and
-        resets when it changes."""
+        resets when it changes. Each load keeps its own choice and probe interval (`_Choice`): every burst of
+        arrivals ramps the batch through the low loads, where drafting pays, and one choice for all loads flipped
+        twice per burst and restarted its interval each time. At 16 streams over gRPC, where drafting clearly lost,
+        a probe round then came every ~25 rounds (each a catch-up and a padded verify) and the engine ran at 0.89
+        of plain decoding's speed per user while drafting in 0.5 % of request-rounds (1.00 per load)."""
         self._probing = False
         if not sps:
             return True  # nothing to compare with: the policy alone decides
-        if self.overhead_plain.empty:
+        if self.plain.empty:
             return False
         if self.overhead_drafting.empty or self.tau is None:
             return True
         if self._probe_left > 0:  # a probe runs its course whatever the estimates say meanwhile
             self._probe_left -= 1
-            self._probed = self._probe_left == 0
+            self._choice.probed = self._probe_left == 0
             self._probing = True
-            return not self._preferred
+            return not self._choice.preferred
+        choice = self._choice = self._choices.setdefault(requests.bit_length(), _Choice())
         drafting, plain = self.rates(sps, requests, cap)
-        preferred = drafting >= plain
+        preferred = drafting >= plain * (1.0 + self.switch_gap if choice.preferred is False else 1.0)
         tried = {kind: low <= requests <= high for kind, (low, high) in self._tried.items()}  # both kinds: rates
         clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1
-        if preferred != self._preferred:
-            self._interval, self._streak = self.probe_every * factor, 0
+        if preferred != choice.preferred:
+            choice.interval, choice.streak = self.probe_every * factor, 0
             log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified with padding, "
-                      "overhead %.2f ms) vs %.1f plain (overhead %.2f ms)",
+                      "overhead %.2f ms) vs %.1f plain (%.2f ms a round)",
                       "drafting" if preferred else "plain decoding", requests, drafting, self.tau, self.verified,
-                      1e3 * self.overhead_drafting(requests), plain, 1e3 * self.overhead_plain(requests))
-        elif self._probed:
-            self._interval *= 2
+                      1e3 * self.overhead_drafting(requests), plain, 1e3 * requests / plain)
+        elif choice.probed:
+            choice.interval *= 2
         # the other choice never tried at this load: its cost here is an extrapolation, probe it soon
         limit = self.max_probe_every * factor if tried[not preferred] else self.probe_every
-        self._interval = min(self._interval, limit)
-        self._preferred, self._probed = preferred, False
-        if self._streak >= self._interval:
-            self._streak = 0
+        choice.interval = min(choice.interval, limit)
+        choice.preferred, choice.probed = preferred, False
+        if choice.streak >= choice.interval:
+            choice.streak = 0
             self._probe_left = (1 if preferred else self.drafting_probe) - 1
-            self._probed = self._probe_left == 0
+            choice.probed = self._probe_left == 0
             self._probing = True
             return not preferred
-        self._streak += 1
+        choice.streak += 1
         return preferred
