@@ -69,6 +69,10 @@ class SpecEngine:
         # a load-aware policy also learns what rounds cost here, and whether drafting pays at all
         self._costs = RoundCosts() if self.policy.needs_load else None
         self._opening_s = 0.0  # this round's time in Drafter.open: a new prompt's intake, not the round's cost
+        # when the last round ended with requests still running (None: it left none, so the loop may have idled),
+        # and this step's time admitting requests: the time between two rounds, less the admissions, is the rounds'
+        self._round_end: float | None = None
+        self._admit_s = 0.0
 
     # ---- requests in ----------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
@@ -126,7 +130,9 @@ class SpecEngine:
         """Apply queued adds/aborts, admit what fits, run one speculative round. Returns the deltas."""
         outputs: list[RequestOutput] = []
         self._drain_inbox(outputs)
+        admit_start = time.perf_counter()
         self._admit(outputs)
+        self._admit_s = time.perf_counter() - admit_start
         if self.running:
             self._round(outputs)
         return outputs
@@ -188,6 +194,9 @@ class SpecEngine:
 
     def _round(self, outputs: list[RequestOutput]) -> None:
         start = time.perf_counter()
+        # the time since the last round, beyond this step's admissions, is a cost of rounds too: the engine loop, and
+        # the last round's outputs reaching the event loop, which competes for the GIL and the cores
+        between = 0.0 if self._round_end is None else max(0.0, start - self._round_end - self._admit_s)
         self._opening_s = 0.0
         batch = list(self.running)
         cap = min(self.policy.max_draft, self.drafter.max_block) if self.drafter is not None else 0
@@ -221,6 +230,7 @@ class SpecEngine:
             log.exception("verification failed for a batch of %d", len(batch))
             for r in batch:
                 self._finish(r, "error", outputs, error=str(exc))
+            self._round_end = None
             return
         verify_s = time.perf_counter() - verify_start
         for observer in self.verify_observers:
@@ -252,7 +262,7 @@ class SpecEngine:
             # each request's prefix survival a_j over the slots it drafted (None: a draft without confidences)
             survivals = [survival(b.confidence[:k]) if b.confidence is not None and k else None
                          for b, k in zip(blocks, proposed, strict=True)]
-            self._costs.record(drafted, time.perf_counter() - start - self._opening_s, load.sps, len(batch),
+            self._costs.record(drafted, time.perf_counter() - start - self._opening_s + between, load.sps, len(batch),
                                tokens=len(batch) + sum(budgets), committed=sum(len(res.tokens) for res in results),
                                steady=backlog <= len(fed) * (self.policy.max_draft + 1), longest=max(budgets),
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
@@ -260,6 +270,7 @@ class SpecEngine:
                                propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival(survivals, cap), share=share,
                                **_promised_and_accepted(survivals, budgets, results))
+        self._round_end = time.perf_counter() if self.running else None
 
     def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:
         """Drafts of the `asked` requests of the batch (the others get none)."""

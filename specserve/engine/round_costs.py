@@ -37,8 +37,7 @@ terms, averages the stalls of the last ~50 rounds. And Σ a_j is scaled by what 
 the confidences promised (the demo's, calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than
 were accepted).
 
-The engine drafts while the first is at least the second, otherwise decodes plainly; from plain decoding it
-switches once drafting is predicted `switch_gap` faster (a switch costs a catch-up round). To keep both
+The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
 (`clear_gap`), at a load both choices were tried at, is probed `clear_probe_factor` times less often:
@@ -82,6 +81,11 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 TAU_EMA = 1 / 64
 FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
+# weight of each request that drafted in the mean prefix survival per slot (a round of 8 requests: ~0.1). Weighed per
+# round, a probe's lone request moved the survival of a round of 8, and the drafting estimate swung by ±10 % from
+# probe to probe: near a tie the choice flipped several times a second, each switch a catch-up of every request
+# (embedded, 8 streams, temperature 1: prefix 0.84 of fixed-2's throughput while drafting in a third of its rounds)
+SURVIVAL_EMA = 0.0125
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -248,11 +252,6 @@ class RoundCosts:
     # for 50 rounds).
     clear_gap: float = 0.10
     clear_probe_factor: int = 4
-    # from plain decoding, drafting must be predicted this much faster to be preferred: a switch costs a catch-up
-    # round (the drafter takes in what was decoded without it) that neither rate prices, and near a tie the choice
-    # flipped every few rounds (over gRPC at 2 requests, predictions within 1 % drafted 85 % of request-rounds at
-    # 0.91 of no speculation's speed per user)
-    switch_gap: float = 0.05
     # the share of a round's requests a probe of drafting drafts for (at least one), while plain decoding is preferred
     probe_share: float = 0.125
     # seconds a drafting round spends outside the verify and drafter calls, against the requests of the round
@@ -287,9 +286,9 @@ class RoundCosts:
     _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.clear_gap < 0 or self.clear_probe_factor < 1 or self.switch_gap < 0:
-            raise ValueError(f"need clear_gap >= 0, clear_probe_factor >= 1 and switch_gap >= 0, got "
-                             f"{self.clear_gap}, {self.clear_probe_factor}, {self.switch_gap}")
+        if self.clear_gap < 0 or self.clear_probe_factor < 1:
+            raise ValueError(f"need clear_gap >= 0 and clear_probe_factor >= 1, got {self.clear_gap}, "
+                             f"{self.clear_probe_factor}")
         if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
@@ -330,9 +329,10 @@ class RoundCosts:
                 self._promised, self._accepted = keep * self._promised + promised, keep * self._accepted + accepted
             if survival:
                 del self.survival[len(survival):]
+                weight = 1.0 - (1.0 - SURVIVAL_EMA) ** share.requests  # each request that drafted, one sample
                 for j, a in enumerate(survival):
                     if j < len(self.survival):
-                        self.survival[j] += EMA * (a - self.survival[j])
+                        self.survival[j] += weight * (a - self.survival[j])
                     else:
                         self.survival.append(a)
         low, high = self._tried.get(drafted, (requests, requests))
@@ -446,7 +446,7 @@ class RoundCosts:
             return not self._choice.preferred
         choice = self._choice = self._choices.setdefault(requests.bit_length(), _Choice())
         drafting, plain = self.rates(sps, requests, cap)
-        preferred = drafting >= plain * (1.0 + self.switch_gap if choice.preferred is False else 1.0)
+        preferred = drafting >= plain
         tried = {kind: low <= requests <= high for kind, (low, high) in self._tried.items()}  # both kinds: rates
         clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1

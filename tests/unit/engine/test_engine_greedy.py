@@ -171,6 +171,34 @@ def test_opening_a_drafter_session_is_not_priced_as_drafting():
     assert engine._costs.propose(2, 8) < 0.02 and engine._costs.overhead_drafting(2) < 0.02
 
 
+def test_the_time_between_rounds_is_priced_but_admissions_are_not():
+    """Between two rounds the engine loop runs and the last round's outputs reach the event loop, which competes for
+    the GIL and the cores: a cost of every round, and of plain rounds most (they are the most numerous per token).
+    A prefill of new requests between them is admission work, not a round's cost."""
+    import time
+
+    from specserve.decoding.budget import PrefixScheduler
+
+    class SlowPrefill(LocalVerifier):
+        def open(self, items):
+            time.sleep(0.05)
+            return super().open(items)
+
+    model = tiny_model("qwen3", vocab=VOCAB)
+    params = SamplingParams(max_tokens=MAX_NEW, ignore_eos=True)
+    for verifier, pause, priced in ((LocalVerifier, 0.05, True), (SlowPrefill, 0.0, False)):
+        engine = SpecEngine(verifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), NgramDrafter(max_block=4),
+                            PrefixScheduler(max_block=4), max_batch=8)
+        engine._costs.drafting_requests = lambda *args: 0  # plain rounds only: their recorded seconds are tested
+        engine.add_request(PROMPTS[0], params)
+        engine.step()  # its admission, then a first round
+        time.sleep(pause)
+        engine.add_request(PROMPTS[1], params)
+        engine.step()  # a second admission (a prefill of 50 ms with SlowPrefill), then a round of two
+        mean = engine._costs.plain(1.0 / 1000.0)  # two rounds at about the same profiled forward: their mean
+        assert (mean > 0.02) is priced, (verifier.__name__, mean)
+
+
 def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     """With the prefix scheduler the engine (1) does not price drafting from rounds in which the drafter takes in a
     backlog (the prompts; rounds decoded without it), and (2) asks the drafter for at most two tokens beyond the
