@@ -49,10 +49,11 @@ at every concurrency; the gRPC split costs ≤ 15 % of embedded aggregate throug
 Writes --out (JSON: command, environment, raw per-request records, summaries, checks) and --plot (PNG:
 per-user tokens/s against aggregate tokens/s, one curve per policy, one panel per mode).
 
-  .venv/bin/python bench/serving_concurrency.py --repeats 3                      # the committed run (~17 min)
+  .venv/bin/python bench/serving_concurrency.py --repeats 3                      # the committed run (17-27 min)
+      # (the committed one also kept its services' logs: --log-dir /tmp/... --verbose-gateways)
   .venv/bin/python bench/serving_concurrency.py --temperature 0 --stop-at-eos \
       --out bench/results/serving_concurrency_greedy.json \
-      --plot bench/results/serving_concurrency_greedy.png                       # the committed greedy run (~11 min)
+      --plot bench/results/serving_concurrency_greedy.png                       # the committed greedy run (11-20 min)
   .venv/bin/python bench/serving_concurrency.py --concurrency 1 4 --requests-per-stream 1 --max-tokens 16 \\
       --modes embedded --out /tmp/sc.json --plot /tmp/sc.png                                          # smoke
   .venv/bin/python bench/serving_concurrency.py --modes grpc --policies none prefix --concurrency 4 16 32 \\
