@@ -79,7 +79,7 @@ EMA = 0.1  # weight of the newest round in the moving averages of round costs, o
 # ...and in those of τ and verified tokens: one round's τ is noisy (std ~1.5 at τ 2.5), and a low estimate left
 # by a few unlucky rounds is not corrected while the engine decodes plainly, so τ averages over more rounds
 TAU_EMA = 1 / 64
-FIT_EMA = 0.02  # weight of the newest round in the fit of verify time against the profiled forward time
+FIT_EMA = 0.02  # weight of the newest round in the fits of a verify's and a plain round's time against the forward's
 OVERHEAD_EMA = 0.05  # ...and in those of a round's overhead against its requests (drafting rounds: probes under load)
 # weight of each request that drafted in the mean prefix survival per slot (a round of 8 requests: ~0.1). Weighed per
 # round, a probe's lone request moved the survival of a round of 8, and the drafting estimate swung by ±10 % from
