@@ -281,9 +281,10 @@ class RoundCosts:
     _choice: _Choice | None = None  # that of the last decision (a running probe's)
     _probe_left: int = 0  # rounds of the running probe still to come
     _probing: bool = False  # the choice last returned is a probe
-    # (fewest, most) requests of the rounds of each kind (keyed by `drafted`): the loads it was tried at. A catch-up
-    # round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8 rounds
-    _tried: dict[bool, tuple[int, int]] = field(default_factory=dict)
+    # the loads (power-of-two bins of requests, as `_choices`) each kind of round (keyed by `drafted`) was tried at. A
+    # catch-up round counts: where arrivals keep every round catching up, requiring a priced one kept the probes at 8
+    # rounds. (A range of requests from the fewest to the most counted 8 as tried after rounds at 2 and 32 only.)
+    _tried: dict[bool, set[int]] = field(default_factory=lambda: {True: set(), False: set()})
 
     def __post_init__(self):
         if self.clear_gap < 0 or self.clear_probe_factor < 1:
@@ -335,8 +336,7 @@ class RoundCosts:
                         self.survival[j] += weight * (a - self.survival[j])
                     else:
                         self.survival.append(a)
-        low, high = self._tried.get(drafted, (requests, requests))
-        self._tried[drafted] = (min(low, requests), max(high, requests))
+        self._tried[drafted].add(requests.bit_length())
         if not drafted:  # plain rounds are never catch-ups: every one is priced
             self.plain.add(forward, wall_s)
         elif steady:
@@ -444,10 +444,11 @@ class RoundCosts:
             self._choice.probed = self._probe_left == 0
             self._probing = True
             return not self._choice.preferred
-        choice = self._choice = self._choices.setdefault(requests.bit_length(), _Choice())
+        load = requests.bit_length()
+        choice = self._choice = self._choices.setdefault(load, _Choice())
         drafting, plain = self.rates(sps, requests, cap)
         preferred = drafting >= plain
-        tried = {kind: low <= requests <= high for kind, (low, high) in self._tried.items()}  # both kinds: rates
+        tried = {kind: load in loads for kind, loads in self._tried.items()}
         clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1
         if preferred != choice.preferred:

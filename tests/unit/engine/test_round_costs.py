@@ -117,6 +117,23 @@ def test_a_preference_is_clear_only_at_a_load_both_choices_were_tried_at():
         "measured at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
 
 
+def test_a_load_between_two_tried_loads_is_not_tried():
+    """Both choices measured at 2 and at 32 requests, never at 8: at 8 their costs are interpolated, a guess, so the
+    other choice is probed within probe_every rounds however far apart the predictions (a range from the fewest to
+    the most requests tried counted 8 as tried, and the interval grew to max_probe_every x clear_probe_factor)."""
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
+    for requests in (2, 32):
+        feed(costs, drafting_s=0.002 * requests, plain_s=0.004 * requests, tau=2.5, verified=3, requests=requests)
+    drafting, plain = costs.rates(SPS, 8)
+    assert drafting > 1.1 * plain
+    assert [i for i in range(12) if not costs.drafting_requests(SPS, 8)] == [2, 5, 8, 11], \
+        "at 8: plain probed every 2 rounds"
+    costs.record(False, 0.032, SPS, 8, tokens=8, committed=8)
+    costs.record(True, 0.016, SPS, 8, tokens=32, committed=20)
+    assert [i for i in range(30) if not costs.drafting_requests(SPS, 8)] == [4, 13, 26], \
+        "tried at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
+
+
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
     """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
     mean (3.25), not a small step away from 1."""
