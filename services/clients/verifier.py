@@ -266,7 +266,7 @@ class RemoteVerifier:
             s.replica.sessions -= 1
             items.append(verifier_pb2.VerifierOpenItem(session=session, prompt_ids=s.prompt + s.committed[:-1],
                                                        sampling=sampling_to_proto(s.sampling),
-                                                       resume_token=s.committed[-1]))
+                                                       resume_token=s.committed[-1], skip_taps=True))
         opened, failed = self._open_items(items, set(avoid))
         for session, (rep, _) in opened.items():
             self._sessions[session].replica = rep
@@ -297,7 +297,7 @@ class RemoteVerifier:
 
 def _open_item(r: OpenRequest) -> verifier_pb2.VerifierOpenItem:
     item = verifier_pb2.VerifierOpenItem(session=r.session, prompt_ids=r.prompt_ids,
-                                         sampling=sampling_to_proto(r.sampling))
+                                         sampling=sampling_to_proto(r.sampling), skip_taps=not r.want_taps)
     if r.resume_token is not None:
         item.resume_token = r.resume_token
     return item
@@ -305,7 +305,8 @@ def _open_item(r: OpenRequest) -> verifier_pb2.VerifierOpenItem:
 
 def _verify_item(r: VerifyRequest) -> verifier_pb2.VerifyItem:
     item = verifier_pb2.VerifyItem(session=r.session, committed_len=r.committed_len, draft_ids=r.draft_ids,
-                                   sampling=sampling_to_proto(r.sampling), position=r.position)
+                                   sampling=sampling_to_proto(r.sampling), position=r.position,
+                                   skip_taps=not r.want_taps)
     if r.q is not None:
         item.q.CopyFrom(q_to_proto(r.q))
     return item

@@ -98,7 +98,8 @@ class VerifierServer(ModelServer):
         resume = None
         if item.HasField("resume_token"):
             resume = check_ids([item.resume_token], self.verifier.vocab_size, "resume_token")[0]
-        return OpenRequest(item.session, prompt, sampling_from_proto(item.sampling), resume_token=resume)
+        return OpenRequest(item.session, prompt, sampling_from_proto(item.sampling), resume_token=resume,
+                           want_taps=not item.skip_taps)
 
     def verify_batch(self, request: verifier_pb2.VerifyRequest) -> verifier_pb2.VerifyResponse:
         results: list = [None] * len(request.items)
@@ -150,7 +151,7 @@ class VerifierServer(ModelServer):
             raise ItemError(Code.INVALID_ARGUMENT, f"position: must be >= 0, got {item.position}")
         q = q_from_proto(item.q, len(drafts), self.verifier.vocab_size) if item.HasField("q") else None
         return VerifyRequest(item.session, item.committed_len, drafts, q, sampling_from_proto(item.sampling),
-                             position=item.position)
+                             position=item.position, want_taps=not item.skip_taps)
 
     def close_batch(self, request: common_pb2.CloseSessionsRequest) -> common_pb2.CloseSessionsResponse:
         self.close_sessions(request.sessions)

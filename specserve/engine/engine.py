@@ -155,8 +155,9 @@ class SpecEngine:
             batch.append(self.waiting.popleft())
         if not batch:
             return
+        drafts = self.drafter is not None and self.policy.max_draft > 0  # else no one reads the prompts' taps
         try:
-            opened = self.verifier.open([OpenRequest(r.id, r.prompt_ids, r.params) for r in batch])
+            opened = self.verifier.open([OpenRequest(r.id, r.prompt_ids, r.params, want_taps=drafts) for r in batch])
         except Exception as exc:  # one bad batch must not take the loop down
             log.exception("prefill failed for %d requests", len(batch))
             for r in batch:
@@ -170,7 +171,7 @@ class SpecEngine:
             self.running.append(r)
             if self.tokenizer is not None:
                 self._detok[r.id] = IncrementalDetokenizer(self.tokenizer, r.params.stop)
-            if self.drafter is not None and self.policy.max_draft > 0:
+            if drafts:
                 self._drafting.add(r.id)
                 r.prompt_taps = res.taps  # the drafter takes them in at the request's first drafting round
             self._commit(r, [res.token], outputs)
@@ -222,7 +223,8 @@ class SpecEngine:
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
         budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load) if drafted else [0] * len(batch)
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
-                               position=len(r.output_ids)) for r, b, n in zip(batch, blocks, budgets, strict=True)]
+                               position=len(r.output_ids), want_taps=r.id in self._drafting)
+                 for r, b, n in zip(batch, blocks, budgets, strict=True)]
         verify_start = time.perf_counter()
         try:
             results = self.verifier.verify(items)

@@ -31,6 +31,7 @@ class OpenRequest:
     prompt_ids: list[int]
     sampling: SamplingParams  # seed already fixed by the engine
     resume_token: int | None = None
+    want_taps: bool = True  # False: the caller never reads this session's taps (no drafter), so none are returned
 
 
 @dataclass
@@ -49,6 +50,7 @@ class VerifyRequest:
     q: torch.Tensor | None  # [len(draft_ids), V] or None (deterministic drafts)
     sampling: SamplingParams
     position: int  # output index of the first draft token
+    want_taps: bool = True  # False: the caller will not read this round's taps (the request never drafts)
 
 
 @dataclass
@@ -94,7 +96,8 @@ class LocalVerifier:
             for item in batch:
                 self.target.open(item.session)
                 opened.append(item.session)
-            out = self.target.forward(opened, [i.prompt_ids for i in batch], taps=self.tap_layers, last_only=True)
+            out = self.target.forward(opened, [i.prompt_ids for i in batch], taps=_taps_for(batch, self.tap_layers),
+                                      last_only=True)
         except Exception:
             for session in opened:
                 self.target.close(session)
@@ -106,7 +109,7 @@ class LocalVerifier:
         results = []
         for r, item in enumerate(batch):
             self._pending[item.session] = tokens[r]
-            taps = out.taps[r, : len(item.prompt_ids)] if out.taps is not None else None
+            taps = out.taps[r, : len(item.prompt_ids)] if out.taps is not None and item.want_taps else None
             results.append(OpenResult(item.session, tokens[r], taps))
         return results
 
@@ -122,7 +125,8 @@ class LocalVerifier:
         for r, item in enumerate(batch):
             draft_ids[r, : len(item.draft_ids)] = torch.as_tensor(item.draft_ids, dtype=torch.long)
         out = self.target.forward([i.session for i in batch],
-                                  [[self._pending[i.session], *i.draft_ids] for i in batch], taps=self.tap_layers)
+                                  [[self._pending[i.session], *i.draft_ids] for i in batch],
+                                  taps=_taps_for(batch, self.tap_layers))
         params = [i.sampling for i in batch]
         if all(p.greedy for p in params):
             result = greedy_verify(out.logits.argmax(-1), draft_ids, n_drafts)
@@ -134,7 +138,7 @@ class LocalVerifier:
             a = accepted[r]
             self.target.truncate(item.session, item.committed_len + a)
             self._pending[item.session] = next_token[r]
-            taps = out.taps[r, : a + 1] if out.taps is not None else None
+            taps = out.taps[r, : a + 1] if out.taps is not None and item.want_taps else None
             results.append(VerifyResult(item.session, a, [*item.draft_ids[:a], next_token[r]], taps))
         return results
 
@@ -164,3 +168,8 @@ class LocalVerifier:
 
     def load(self) -> LoadReport:
         return LoadReport(sps=dict(self._sps), running=len(self.target.cache), padding_cost=self.target.padding_cost)
+
+
+def _taps_for(batch: list[OpenRequest] | list[VerifyRequest], layers: tuple[int, ...]) -> tuple[int, ...]:
+    """The layers to tap in a forward over `batch`: none when no item reads its taps."""
+    return layers if any(item.want_taps for item in batch) else ()

@@ -14,16 +14,18 @@ class VerifierOpenRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifierOpenItem, _Mapping]]] = ...) -> None: ...
 
 class VerifierOpenItem(_message.Message):
-    __slots__ = ("session", "prompt_ids", "sampling", "resume_token")
+    __slots__ = ("session", "prompt_ids", "sampling", "resume_token", "skip_taps")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SKIP_TAPS_FIELD_NUMBER: _ClassVar[int]
     session: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     resume_token: int
-    def __init__(self, session: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., resume_token: _Optional[int] = ...) -> None: ...
+    skip_taps: bool
+    def __init__(self, session: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., resume_token: _Optional[int] = ..., skip_taps: _Optional[bool] = ...) -> None: ...
 
 class VerifierOpenResponse(_message.Message):
     __slots__ = ("results",)
@@ -50,20 +52,22 @@ class VerifyRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifyItem, _Mapping]]] = ...) -> None: ...
 
 class VerifyItem(_message.Message):
-    __slots__ = ("session", "committed_len", "draft_ids", "q", "sampling", "position")
+    __slots__ = ("session", "committed_len", "draft_ids", "q", "sampling", "position", "skip_taps")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
     Q_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    SKIP_TAPS_FIELD_NUMBER: _ClassVar[int]
     session: str
     committed_len: int
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
     q: _common_pb2.DraftDistribution
     sampling: _common_pb2.SamplingParams
     position: int
-    def __init__(self, session: _Optional[str] = ..., committed_len: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., q: _Optional[_Union[_common_pb2.DraftDistribution, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., position: _Optional[int] = ...) -> None: ...
+    skip_taps: bool
+    def __init__(self, session: _Optional[str] = ..., committed_len: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., q: _Optional[_Union[_common_pb2.DraftDistribution, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., position: _Optional[int] = ..., skip_taps: _Optional[bool] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("results",)

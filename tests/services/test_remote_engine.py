@@ -8,7 +8,7 @@ from specserve.decoding.sampling import SamplingParams
 from specserve.drafters.base import DraftBlock
 from specserve.drafters.ngram import NgramDrafter
 from specserve.engine.engine import SpecEngine
-from specserve.engine.verifier import LocalVerifier
+from specserve.engine.verifier import LocalVerifier, OpenRequest
 from specserve.target.model import CausalLM
 
 MAX_NEW = 20
@@ -76,3 +76,19 @@ def test_taps_flow_through_both_services(model, start):
     assert drafter.checked > len(PROMPTS)
     assert all(len(r.stats.rounds) < MAX_NEW for r in requests), "no request may have lost its drafter"
     assert verifier.vocab_size == VOCAB and verifier.tap_layers == (1,)
+
+
+def test_a_gateway_without_a_drafter_asks_a_tapping_verifier_for_no_taps(model, start):
+    """A verifier that taps for the drafters of other gateways: an engine with no drafter asks for no taps (they would
+    cross the wire for nothing), and its output is still the target's greedy decoding."""
+    verifier = RemoteVerifier(start(verifier_server(model, tap_layers=(1,))), timeout_s=10)
+    engine = SpecEngine(verifier, None, max_batch=8)
+    rounds = []
+    engine.verify_observers.append(lambda items, results: rounds.append((items, results)))
+    opened = verifier.open([OpenRequest("probe", PROMPTS[0], SamplingParams(), want_taps=False)])
+    assert opened[0].error is None and opened[0].taps is None
+    verifier.close("probe")
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == greedy_reference(model, PROMPTS, MAX_NEW)
+    assert rounds and all(not i.want_taps and r.taps is None for items, results in rounds
+                          for i, r in zip(items, results, strict=True))

@@ -63,6 +63,26 @@ def test_prompt_taps_returned_on_open():
     torch.testing.assert_close(opened.taps, torch.cat([hidden[1], hidden[3]], -1)[0], atol=2e-5, rtol=1e-4)
 
 
+def test_a_session_that_wants_no_taps_gets_none_and_the_others_theirs():
+    """`want_taps=False` (a request that never drafts): no taps for it, the same tokens and the same taps for the
+    others; a batch in which no item wants them taps no layer at all."""
+    params = SamplingParams(seed=0)
+    results = {}
+    for wants in ((True, True), (False, True), (False, False)):
+        verifier = LocalVerifier(CausalLM(tiny_model("qwen3", vocab=32)), tap_layers=(0, 2))
+        opened = verifier.open([OpenRequest(str(i), PROMPTS[i], params, want_taps=w) for i, w in enumerate(wants)])
+        verified = verifier.verify([VerifyRequest(str(i), len(PROMPTS[i]) + 1, DRAFTS[i], None, params, position=1,
+                                                  want_taps=w) for i, w in enumerate(wants)])
+        results[wants] = opened, verified
+        for w, o, v in zip(wants, opened, verified):
+            assert (o.taps is not None, v.taps is not None) == (w, w)
+    (opened_all, verified_all), (opened_one, verified_one) = results[(True, True)], results[(False, True)]
+    assert [(v.accepted, v.tokens) for v in verified_one] == [(v.accepted, v.tokens) for v in verified_all]
+    assert [o.token for o in results[(False, False)][0]] == [o.token for o in opened_all]
+    torch.testing.assert_close(opened_one[1].taps, opened_all[1].taps)
+    torch.testing.assert_close(verified_one[1].taps, verified_all[1].taps)
+
+
 def test_resume_on_a_fresh_replica_continues_identically():
     """Failover: a second verifier re-opened from prompt + committed tokens verifies exactly as the first."""
     model = tiny_model("qwen3", vocab=32)
