@@ -12,6 +12,7 @@ import time
 from services.common.threads import set_torch_threads
 from services.gateway.policy import build_policy
 from services.gateway.settings import GatewaySettings
+from specserve.drafters.base import Drafter
 from specserve.drafters.registry import build_drafter
 from specserve.engine.engine import SpecEngine
 from specserve.engine.verifier import LocalVerifier
@@ -29,16 +30,20 @@ def build_embedded_engine(settings: GatewaySettings) -> SpecEngine:
                                       max_len=settings.max_model_len)
     drafter = build_drafter(settings.drafter, target, settings.block_size)
     policy = build_policy(settings, drafter)
-    sps = None
-    if policy.needs_load:
-        per_session = policy.max_draft + 1
-        largest = settings.max_batch * per_session
-        sizes = [1 << i for i in range(largest.bit_length()) if 1 << i <= largest] + [largest]
-        sps = profile_sps(target, sizes, tokens_per_session=per_session,
-                          taps=drafter.target_layer_ids if drafter else ())
-        log.info("profiled SPS(B) for B up to %d: %s", max(sps), {b: round(v, 1) for b, v in sps.items()})
+    sps = profile_for(target, drafter, policy.max_draft, settings.max_batch) if policy.needs_load else None
     verifier = LocalVerifier(target, tap_layers=drafter.target_layer_ids if drafter else (), sps=sps)
     engine = SpecEngine(verifier, drafter, policy, tokenizer=target.tokenizer, max_batch=settings.max_batch)
     log.info("loaded %s (%d layers, context %d) with drafter %s and %s policy in %.1fs", settings.target,
              target.num_layers, target.max_context, settings.drafter, settings.policy, time.perf_counter() - start)
     return engine
+
+
+def profile_for(target: CausalLM, drafter: Drafter | None, max_draft: int, max_batch: int) -> dict[int, float]:
+    """SPS(B) for the verifies this engine can run: B = 1, 2, 4, ... up to `max_batch` sessions of `max_draft` + 1
+    tokens each, tapping the drafter's layers."""
+    per_session = max_draft + 1
+    largest = max_batch * per_session
+    sizes = [1 << i for i in range(largest.bit_length()) if 1 << i <= largest] + [largest]
+    sps = profile_sps(target, sizes, tokens_per_session=per_session, taps=drafter.target_layer_ids if drafter else ())
+    log.info("profiled SPS(B) for B up to %d: %s", max(sps), {b: round(v, 1) for b, v in sps.items()})
+    return sps
