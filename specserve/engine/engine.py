@@ -73,6 +73,7 @@ class SpecEngine:
         # and this step's time admitting requests: the time between two rounds, less the admissions, is the rounds'
         self._round_end: float | None = None
         self._admit_s = 0.0
+        self._admitted = 0  # prompt positions admitted since the last round, for requests that may draft
 
     # ---- requests in ----------------------------------------------------------------------------
     def add_request(self, prompt_ids: Sequence[int], params: SamplingParams | None = None,
@@ -173,6 +174,7 @@ class SpecEngine:
                 self._detok[r.id] = IncrementalDetokenizer(self.tokenizer, r.params.stop)
             if drafts:
                 self._drafting.add(r.id)
+                self._admitted += len(r.prompt_ids)
                 r.prompt_taps = res.taps  # the drafter takes them in at the request's first drafting round
             self._commit(r, [res.token], outputs)
 
@@ -270,8 +272,9 @@ class SpecEngine:
                                verify_s=verify_s, padded=len(batch) * max(budgets) - sum(budgets),
                                padding_cost=load.padding_cost,
                                propose_s=propose_s if drafted else None, slots=slots,
-                               survival=_mean_survival(survivals, cap), share=share,
-                               **_promised_and_accepted(survivals, budgets, results))
+                               survival=_mean_survival(survivals, cap), share=share, backlog=backlog,
+                               admitted=self._admitted, **_promised_and_accepted(survivals, budgets, results))
+            self._admitted = 0
         self._round_end = time.perf_counter() if self.running else None
 
     def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:

@@ -19,6 +19,9 @@ already run by then: when drafting plus verification yields fewer tokens per sec
   policy would find fastest,
 - the tokens a request commits and the draft tokens it verifies per drafting round, a padded slot of a
   ragged verify counting the verifier's `LoadReport.padding_cost` of a token,
+- the drafter's intake: its call's time beyond a steady call's per position taken in (rounds with a backlog), and
+  the prompt positions admitted per second: every arriving prompt costs a drafting engine, never a plain one, so
+  drafting's predicted rate is scaled by 1 - that share of its time (`intake_share`),
 
 and predicts both rates for the current batch size R from the SPS(B) table:
 
@@ -265,6 +268,11 @@ class RoundCosts:
                                                                 keep_slope=True))
     # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
     propose: DrafterFit = field(default_factory=lambda: DrafterFit(OVERHEAD_EMA))
+    # the drafter's intake: seconds of its call beyond `propose` against the positions it took in, rounds with a
+    # backlog (a new request's prompt, the tokens of rounds decoded without it); and the prompt positions admitted per
+    # second (decayed sums over recent rounds of both kinds), which drafting must take in and plain decoding never does
+    intake: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
+    _admitted: list[float] = field(default_factory=lambda: [0.0, 0.0])  # decayed Σ positions admitted, Σ seconds
     # mean prefix survival a_j (product of confidences up to slot j) over drafting rounds' requests, per slot of the
     # last such round (a slot it did not draft is dropped: seen again later, it starts afresh, not from a stale value)
     survival: list[float] = field(default_factory=list)
@@ -300,7 +308,7 @@ class RoundCosts:
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
                padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
                survival: list[float] | None = None, share: DraftShare | None = None,
-               promised: float | None = None, accepted: int = 0) -> None:
+               promised: float | None = None, accepted: int = 0, backlog: int = 0, admitted: int = 0) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
@@ -308,8 +316,10 @@ class RoundCosts:
         survival per slot; `share`: what the requests that drafted verified and committed, when only some of the
         round's requests drafted (the drafter's call served those only); `promised`: the draft tokens the
         confidences promised, Σ over requests of the prefix survivals of the slots verified, against the `accepted`
-        ones). `steady` False: the drafter also took in a backlog, so the round's overhead is not typical of
-        drafting (its τ and verified tokens still count)."""
+        ones; `backlog`: the positions the drafter took in; `admitted`: the prompt positions of the requests admitted
+        since the last round, which the drafter will take in). `steady` False: the drafter also took in a backlog, so
+        the round's overhead is not typical of drafting (its τ and verified tokens still count; its drafter call
+        beyond a steady one's prices the intake)."""
         if not sps or requests == 0:
             return
         effective = tokens + padding_cost * padded
@@ -337,6 +347,10 @@ class RoundCosts:
                     else:
                         self.survival.append(a)
         self._tried[drafted].add(requests.bit_length())
+        keep = 1.0 - TAU_EMA  # arrivals are sparse (one every few rounds): a long window
+        self._admitted = [keep * self._admitted[0] + admitted, keep * self._admitted[1] + wall_s]
+        if drafted and not steady and propose_s is not None and slots > 0 and not self.propose.empty and backlog > 0:
+            self.intake.add(backlog, max(0.0, propose_s - self.propose(share.requests, slots)))
         if not drafted:  # plain rounds are never catch-ups: every one is priced
             self.plain.add(forward, wall_s)
         elif steady:
@@ -355,7 +369,19 @@ class RoundCosts:
             drafting = self._fixed_k_rate(sps, requests, cap)
         else:  # what drafting rounds committed and verified of late
             drafting = requests * self.tau / self._drafting_s(sps, requests, requests * (1 + self.verified), cap)
-        return drafting, requests / self.plain_s(sps, requests)
+        return drafting * (1.0 - self.intake_share), requests / self.plain_s(sps, requests)
+
+    @property
+    def intake_share(self) -> float:
+        """The share of a drafting engine's time its drafter spends taking in the prompts of arriving requests:
+        seconds per position taken in × prompt positions admitted per second (at most a half). A steady round prices
+        what drafting costs round after round, but every request's first drafting round also takes in its prompt,
+        which plain decoding never pays: over 16 closed-loop streams on the demo (DSpark, ~50-token prompts) ~10 ms
+        more per round that took in 2.3 new prompts, ~2.5 % of fixed-2's time."""
+        positions, seconds = self._admitted
+        if self.intake.empty or seconds <= 0.0:
+            return 0.0
+        return min(0.5, self.intake.coefficients()[1] * positions / seconds)
 
     def plain_s(self, sps: dict[int, float], requests: int) -> float:
         """A plain round's predicted seconds at `requests`."""
@@ -454,9 +480,9 @@ class RoundCosts:
         if preferred != choice.preferred:
             choice.interval, choice.streak = self.probe_every * factor, 0
             log.debug("%s at %d requests: predicted %.1f tokens/s drafting (tau %.2f, %.1f verified with padding, "
-                      "overhead %.2f ms) vs %.1f plain (%.2f ms a round)",
+                      "overhead %.2f ms, intake %.1f %%) vs %.1f plain (%.2f ms a round)",
                       "drafting" if preferred else "plain decoding", requests, drafting, self.tau, self.verified,
-                      1e3 * self.overhead_drafting(requests), plain, 1e3 * requests / plain)
+                      1e3 * self.overhead_drafting(requests), 100 * self.intake_share, plain, 1e3 * requests / plain)
         elif choice.probed:
             choice.interval *= 2
         # the other choice never tried at this load: its cost here is an extrapolation, probe it soon

@@ -210,7 +210,7 @@ def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     drafter = NgramDrafter(max_block=6)
     sps = {5: 1000.0, 6: 20.0, 64: 10.0}  # one draft token more per forward costs 50x: budgets stay short
     engine = SpecEngine(LocalVerifier(CausalLM(model), sps=sps), drafter, PrefixScheduler(max_block=6), max_batch=8)
-    asked, recorded = [], []
+    asked, recorded, intake = [], [], []
     propose, record = drafter.propose, engine._costs.record
 
     def spy_propose(batch):
@@ -219,6 +219,7 @@ def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
 
     def spy_record(drafted, *args, **kw):
         recorded.append((drafted, kw["steady"]))
+        intake.append((kw["backlog"], kw["admitted"]))
         return record(drafted, *args, **kw)
 
     drafter.propose, engine._costs.record = spy_propose, spy_record
@@ -229,6 +230,9 @@ def test_load_aware_engine_prices_steady_rounds_and_caps_drafts():
     drafting = [steady for drafted, steady in recorded if drafted]
     assert drafting[0] is False, "the first drafting round takes in every prompt"
     assert True in drafting, "later drafting rounds are steady and priced"
+    assert sum(admitted for _, admitted in intake) == sum(map(len, PROMPTS)), "every prompt the drafter will take in"
+    first = next(i for i, (drafted, _) in enumerate(recorded) if drafted)
+    assert intake[first][0] >= sum(map(len, PROMPTS)), "its first drafting round took them in (and the first tokens)"
 
 
 def test_mean_survival_per_slot_over_the_requests_that_reach_it():

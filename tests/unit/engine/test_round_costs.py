@@ -134,6 +134,29 @@ def test_a_load_between_two_tried_loads_is_not_tried():
         "tried at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
 
 
+def test_the_drafters_intake_of_arriving_prompts_is_priced_into_drafting():
+    """Steady rounds: drafting 4 % faster than plain decoding (417 vs 400 tokens/s at 8 requests). But rounds that
+    take in a backlog show the drafter's call growing by 0.1 ms per position taken in, and 1,000 prompt positions
+    arrive per second: a tenth of a drafting engine's time goes to taking in prompts, which plain decoding never
+    pays, and plain decoding is the faster choice."""
+    costs = RoundCosts()
+    for _ in range(20):
+        costs.record(False, 0.020, SPS, 8, tokens=8, committed=8, admitted=20)
+        costs.record(True, 0.048, SPS, 8, tokens=24, committed=20, propose_s=0.010, slots=16, admitted=48)
+    drafting, plain = costs.rates(SPS, 8, 2)
+    assert drafting == pytest.approx(20 / 0.048) and plain == pytest.approx(400)
+    assert costs.intake_share == 0.0, "no intake measured yet"
+    for backlog in (100, 200, 300):
+        wall = 0.048 + 1e-4 * backlog
+        costs.record(True, wall, SPS, 8, tokens=24, committed=20, steady=False, propose_s=0.010 + 1e-4 * backlog,
+                     slots=16, backlog=backlog, admitted=round(1000 * wall))
+    assert costs.intake.coefficients() == pytest.approx((0.0, 1e-4), abs=1e-9)
+    assert costs.intake_share == pytest.approx(0.1, rel=0.01)
+    drafting, plain = costs.rates(SPS, 8, 2)
+    assert drafting == pytest.approx(0.9 * 20 / 0.048, rel=0.01) and drafting < plain
+    assert costs.drafting_requests(SPS, 8, 2) == 0
+
+
 def test_a_rarely_probed_kind_is_averaged_not_pinned_to_its_first_round():
     """The first drafting round accepts nothing (τ 1); three later probes commit 4 tokens: the estimate is their
     mean (3.25), not a small step away from 1."""
