@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from environment import cpu_info  # bench/environment.py
+from environment import cpu_info, demo_parser  # bench/environment.py
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -68,14 +68,7 @@ log = logging.getLogger("bench.engine_policies")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    p.add_argument("--target", default="models/demo/target", help="target folder (the bundled demo target)")
-    p.add_argument("--drafter", default="dspark:models/demo/dspark", help="drafter spec of the speculative policies")
-    p.add_argument("--prompts", default="models/demo/eval/python-heldout.jsonl",
-                   help='{"turns": [...]} JSONL; the first turn of every row is a prompt')
+    p = demo_parser(__doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="requests in flight")
     p.add_argument("--fixed", type=int, nargs="+", default=[2, 3, 4],
                    help="k of the fixed-k policies; the draft's block size γ is always added")

@@ -82,7 +82,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from environment import cpu_info  # bench/environment.py
+from environment import cpu_info, demo_parser  # bench/environment.py
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -93,14 +93,7 @@ MODES = ("embedded", "grpc")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
-    p.add_argument("--target", default="models/demo/target", help="target folder (the bundled demo target)")
-    p.add_argument("--drafter", default="dspark:models/demo/dspark", help="drafter spec of the speculative policies")
-    p.add_argument("--prompts", default="models/demo/eval/python-heldout.jsonl",
-                   help='{"turns": [...]} JSONL; the first turn of every row is sent as a completion prompt')
+    p = demo_parser(__doc__)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32], help="streams per level")
     p.add_argument("--requests-per-stream", type=int, default=2, help="requests each stream sends in turn...")
     p.add_argument("--min-requests", type=int, default=16, help="...raised at low concurrency to send at least this "
