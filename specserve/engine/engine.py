@@ -274,7 +274,7 @@ class SpecEngine:
                                propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival(survivals, cap), share=share, backlog=backlog,
                                admitted=self._admitted, **_promised_and_accepted(survivals, budgets, results))
-            self._admitted = 0
+        self._admitted = 0
         self._round_end = time.perf_counter() if self.running else None
 
     def _propose(self, batch: list[Request], asked: list[Request], cap: int) -> list[DraftBlock]:

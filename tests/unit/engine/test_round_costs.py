@@ -3,7 +3,8 @@
 import pytest
 
 from specserve.decoding.budget import LoadReport, sps_at
-from specserve.engine.round_costs import DraftShare, LinearFit, RoundCosts
+from specserve.engine.fits import LinearFit
+from specserve.engine.round_costs import DraftShare, RoundCosts
 
 SPS = {1: 200.0, 2: 190.0, 4: 180.0, 8: 150.0, 16: 100.0, 32: 60.0, 64: 32.0}
 
