@@ -120,8 +120,8 @@ class Bench:
         self.target = CausalLM.from_pretrained(args.target, dtype="float32", device="cpu")
         self.drafter = build_drafter(args.drafter, self.target)
         taps = self.drafter.target_layer_ids
-        sps = profile_for(self.target, self.drafter, self.drafter.max_block, args.max_batch)
-        self.verifier = LocalVerifier(self.target, tap_layers=taps, sps=sps)
+        sps, plain_sps = profile_for(self.target, self.drafter, self.drafter.max_block, args.max_batch)
+        self.verifier = LocalVerifier(self.target, tap_layers=taps, sps=sps, plain_sps=plain_sps)
         tokenizer = self.target.tokenizer
         rows = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         self.prompts = [tokenizer.encode(row["turns"][0]) for row in rows]

@@ -73,6 +73,7 @@ class RemoteVerifier:
             self._replicas.append(_Replica(t, channel, verifier_pb2_grpc.VerifierStub(channel)))
         self._sessions: dict[str, _Session] = {}
         self._sps: dict[int, float] | None = None
+        self._plain_sps: dict[int, float] = {}
         self._padding_cost = 0.0
         self.info = self._connect(connect_timeout_s)
         self.vocab_size = self.info.vocab_size
@@ -90,6 +91,7 @@ class RemoteVerifier:
                 if self._sps is None:
                     load = rep.stub.GetLoad(verifier_pb2.GetLoadRequest(), timeout=timeout_s)
                     self._sps = {p.tokens: p.steps_per_second for p in load.sps}
+                    self._plain_sps = {p.tokens: p.steps_per_second for p in load.plain_sps}
                     self._padding_cost = load.padding_cost
             except grpc.RpcError as exc:
                 log.warning("verifier replica %s unreachable at start-up (%s)", rep.target, exc.code())
@@ -188,7 +190,8 @@ class RemoteVerifier:
     def load(self) -> LoadReport:
         """The SPS table and padding cost fetched at start-up and this client's open sessions (no RPC: called every
         round)."""
-        return LoadReport(sps=dict(self._sps or {}), running=len(self._sessions), padding_cost=self._padding_cost)
+        return LoadReport(sps=dict(self._sps or {}), running=len(self._sessions), padding_cost=self._padding_cost,
+                          plain_sps=dict(self._plain_sps))
 
     # ---- for the gateway ------------------------------------------------------------------------
     def replica_loads(self, timeout_s: float = 1.0) -> dict[str, verifier_pb2.LoadReport | None]:

@@ -17,7 +17,7 @@ from services.common.codec import tensor_to_proto as encode
 from services.common.host import ModelServer
 from services.verifier.settings import VerifierSettings
 from specserve.engine.verifier import LocalVerifier, OpenRequest, VerifyRequest
-from specserve.target.profile import profile_sps
+from specserve.target.profile import profile_plain, profile_sps
 from specserve.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class VerifierServer(ModelServer):
         self.verifier = verifier or build_verifier(settings)
         self.target = self.verifier.target
         self.sps: dict[int, float] = {}  # SPS(B), fixed by `prepare`
+        self.plain_sps: dict[int, float] = {}  # SPS(B) of plain rounds (B sessions of one token), fixed by `prepare`
 
     # ---- lifecycle hooks ------------------------------------------------------------------------
     def add_servicer(self, server: grpc.aio.Server) -> None:
@@ -40,12 +41,19 @@ class VerifierServer(ModelServer):
 
     async def prepare(self) -> None:
         s = self.settings
-        self.sps = dict(s.sps or self.verifier.load().sps)
+        given = self.verifier.load()
+        self.sps, self.plain_sps = dict(s.sps or given.sps), dict(s.plain_sps or given.plain_sps)
         if not self.sps:
-            self.sps = await self.on_model_thread(
-                lambda: profile_sps(self.target, s.sps_sizes, s.sps_context, repeats=s.sps_repeats,
-                                    taps=self.verifier.tap_layers))
-            log.info("SPS(B) profiled: %s", {b: round(v, 1) for b, v in self.sps.items()})
+            self.sps, self.plain_sps = await self.on_model_thread(self._profile)
+            log.info("SPS(B) profiled: %s; plain rounds: %s", {b: round(v, 1) for b, v in self.sps.items()},
+                     {b: round(v, 1) for b, v in self.plain_sps.items()})
+
+    def _profile(self) -> tuple[dict[int, float], dict[int, float]]:
+        """SPS(B) of verifies over `sps_sizes`, and of plain rounds up to as many sessions (at most `max_sessions`)."""
+        s, taps = self.settings, self.verifier.tap_layers
+        sps = profile_sps(self.target, s.sps_sizes, s.sps_context, repeats=s.sps_repeats, taps=taps)
+        sessions = min(max(s.sps_sizes), s.max_sessions)
+        return sps, profile_plain(self.target, sessions, s.sps_context, repeats=s.sps_repeats, taps=taps)
 
     def drop_session(self, session: str) -> None:
         self.verifier.close(session)
@@ -163,7 +171,8 @@ class VerifierServer(ModelServer):
             sps=[verifier_pb2.SpsPoint(tokens=b, steps_per_second=v) for b, v in sorted(self.sps.items())],
             running_sessions=len(self.sessions), queue_depth=max(0, self.queue_depth - 1),
             cached_tokens=sum(self.target.cache.lengths), max_sessions=self.settings.max_sessions,
-            draining=self.draining, padding_cost=self.target.padding_cost)
+            draining=self.draining, padding_cost=self.target.padding_cost,
+            plain_sps=[verifier_pb2.SpsPoint(tokens=b, steps_per_second=v) for b, v in sorted(self.plain_sps.items())])
 
     def info(self) -> verifier_pb2.VerifierInfo:
         return verifier_pb2.VerifierInfo(

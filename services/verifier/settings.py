@@ -22,6 +22,8 @@ class VerifierSettings(ServerSettings):
     tap_layers: tuple[int, ...] = Field((), description="decoder layers returned as taps: the drafter's "
                                                         "target_layer_ids (JSON list in the environment)")
     sps: dict[int, float] | None = Field(None, description="a fixed SPS(B) table instead of profiling at start-up")
+    plain_sps: dict[int, float] | None = Field(None, description="a fixed SPS(B) table of plain rounds (B sessions of "
+                                                                 "one token each); profiled with `sps` when that is")
     sps_sizes: tuple[int, ...] = Field(DEFAULT_SIZES, description="B values (tokens per forward) to profile")
     sps_context: int = Field(128, ge=1, description="cached tokens per session while profiling")
     sps_repeats: int = Field(5, ge=1, description="timed forwards per B (the fastest is kept: noise only adds time)")

@@ -6,7 +6,7 @@ scheduler (algorithms.md section 7) are interchangeable inside the engine's deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -23,6 +23,9 @@ class LoadReport:
     verify_scale: float = 1.0  # measured verify time / profiled forward time (sampling, padding, transport per token)
     padding_cost: float = 0.0  # what a padded slot of a ragged verify costs, as a fraction of a verified token
     #                            (0: the verifier packs ragged batches; specserve's pads them: `CausalLM.padding_cost`)
+    # forward steps per second for B sessions appending one token each: a plain round's layout, which `sps` (a
+    # verify's: few sessions of several tokens) prices too cheap (`profile_plain`); empty: `sps` stands in for it
+    plain_sps: dict[int, float] = field(default_factory=dict)
 
     def round_rate(self, tokens: float) -> float:
         """Rounds per second with `tokens` verified per forward: 1 / (overhead + forward time)."""

@@ -208,7 +208,7 @@ class SpecEngine:
         if self.policy.needs_load:  # what this round may draft, who drafts, the costs its budgets see
             report = self.verifier.load()
             cap = self._costs.draft_cap(cap, report.sps, len(batch))
-            drafters = self._costs.drafting_requests(report.sps, len(batch), cap)
+            drafters = self._costs.drafting_requests(report.sps, len(batch), cap, plain_sps=report.plain_sps)
             load = self._costs.priced(report, len(batch), cap, drafters)
         fed = [r for r in batch if r.id in self._drafting] if drafters else []
         if drafters < len(batch):  # a probe drafts for a few requests: those with the least to catch up
@@ -273,7 +273,8 @@ class SpecEngine:
                                padding_cost=load.padding_cost,
                                propose_s=propose_s if drafted else None, slots=slots,
                                survival=_mean_survival(survivals, cap), share=share, backlog=backlog,
-                               admitted=self._admitted, **_promised_and_accepted(survivals, budgets, results))
+                               admitted=self._admitted, plain_sps=load.plain_sps,
+                               **_promised_and_accepted(survivals, budgets, results))
         self._admitted = 0
         self._round_end = time.perf_counter() if self.running else None
 

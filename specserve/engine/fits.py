@@ -38,16 +38,30 @@ class LinearFit(_DecayedSums):
     stretches; those decay away while x stays at the plain rounds' size. Falling back to the bare forward's slope
     then (the demo over gRPC at 8 requests: 1.0 where the drafting rounds had measured 1.5) priced drafting 10 %
     too cheap, and probes kept coming at the short interval of an unclear preference.
+
+    With `slope_decay`, the slope is fitted over a longer window than the intercept: a slope that x's recent samples
+    barely measure (a long stretch at one x, the last other x's almost decayed away) is noise, and kept it stands for
+    good (a plain round's cost per request, fitted as the engine moved from 16 to 32 requests, came out 0 where it was
+    0.25 ms, and priced plain decoding back at 1 request 19 % too slow), while the intercept must follow the machine.
     """
 
     fallback_slope: float | None = None
     min_slope: float = 0.0  # a fitted slope below this (noise) is raised to it
     # with a fallback slope: once x has varied, the slope it measured then stands in for the fallback while x stays put
     keep_slope: bool = False
+    slope_decay: float | None = None  # the slope's own, slower decay (None: the intercept's)
     _kept: float | None = None
+    _slow: _DecayedSums | None = None
+
+    def __post_init__(self):
+        if self.slope_decay is not None:
+            self._slow = _DecayedSums(self.slope_decay)
 
     def add(self, x: float, y: float) -> None:
-        self._add((1.0, x, y, x * x, x * y))  # Σ1, Σx, Σy, Σx², Σxy
+        sample = (1.0, x, y, x * x, x * y)  # Σ1, Σx, Σy, Σx², Σxy
+        self._add(sample)
+        if self._slow is not None:
+            self._slow._add(sample)
         if self.keep_slope:
             slope = self._fitted_slope()
             if slope is not None:
@@ -55,7 +69,7 @@ class LinearFit(_DecayedSums):
 
     def _fitted_slope(self) -> float | None:
         """The least-squares slope, None unless x varies by more than a tenth of its mean."""
-        n, sx, sy, sxx, sxy = self.sums
+        n, sx, sy, sxx, sxy = (self if self._slow is None else self._slow).sums
         if n == 0.0:
             return None
         mx, my = sx / n, sy / n

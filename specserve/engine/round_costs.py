@@ -8,8 +8,8 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 - how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
   rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
   forward; c0 a fixed cost per call, such as an RPC),
-- the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and a whole plain
-  round (below),
+- the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and what a plain round
+  takes beyond its profiled forward as another (below),
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that
   drafted: a probe's call serves an eighth of the round. Fitted against the whole round, it priced drafting for
   32 requests over gRPC at ~990 tokens/s where fixed-2 measured ~750, and the engine drafted at 4 to 32 streams
@@ -27,20 +27,25 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 
     drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R, R·k) + c0 + m/SPS(R·(1 + k)))
                (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
-    plain:     R / (p0 + p/SPS(R))
+    plain:     R / (1/SPS(R) + p0 + p·R)
 
-A plain round is fitted whole, p0 + p/SPS(R) over recent plain rounds. Priced from the verify fit (dominated by the
-more numerous drafting rounds) plus an overhead, it came out 1.3 ms too slow over gRPC at 2 requests (8.4 vs 7.1
-ms), and the engine drafted there at a 16 % loss. Priced by the median of the last five plain rounds at exactly R,
-it followed whichever rounds had last run at that R: over HTTP at 16 and 32 streams the price of plain decoding
-swung by up to a factor of two from one decision to the next (a round stalls when the event loop or the load
-generator takes the core), and each low swing switched the engine to drafting, at a loss (a third of
-request-rounds drafted at 16 streams over gRPC, prefix at 0.84 of no speculation per user). The fit, like the drafting
-terms, averages the stalls of the last ~50 rounds. And Σ a_j is scaled by what verification accepted against what
-the confidences promised (the demo's, calibrated to 2-3 % ECE per slot, promised 7 % more accepted tokens than
-were accepted).
+A plain round is fitted on its own: its seconds beyond the profiled forward, p0 + p·R over recent plain rounds (a
+cost per call and one per request: sampling, committing, a transport's bytes). Fitted as p0 + p/SPS(R) instead, the
+per-request part rode on the forward's slope: the demo's SPS(B) is flat up to 8, so rounds at 16 and 32 (6.0 and
+10.0 ms beyond the forward, 3.1 at 1 request) fitted a slope of 1.5 on the forward, and priced plain decoding back
+at 8 requests 14 % too slow (20.5 ms against 18.0); the engine drafted there at a 6 % loss. Priced from the verify
+fit (dominated by the more numerous drafting rounds) plus an overhead, it came out 1.3 ms too slow over gRPC at 2
+requests (8.4 vs 7.1 ms), and the engine drafted there at a 16 % loss. Priced by the median of the last five plain
+rounds at exactly R, it followed whichever rounds had last run at that R: over HTTP at 16 and 32 streams the price
+of plain decoding swung by up to a factor of two from one decision to the next (a round stalls when the event loop
+or the load generator takes the core), and each low swing switched the engine to drafting, at a loss (a third of
+request-rounds drafted at 16 streams over gRPC, prefix at 0.84 of no speculation per user). The fit, like the
+drafting terms, averages the stalls of the last ~50 rounds. And Σ a_j is scaled by what verification accepted
+against what the confidences promised (the demo's, calibrated to 2-3 % ECE per slot, promised 7 % more accepted
+tokens than were accepted).
 
-The engine drafts while the first is at least the second, otherwise decodes plainly. To keep both
+The engine drafts while the first is at least the second, otherwise decodes plainly; where it decodes plainly,
+drafting must be predicted `switch_gap` faster to take over (a switch costs a catch-up round). To keep both
 estimates current it tries the other choice after `probe_every` rounds, and doubles that interval (up
 to `max_probe_every`) each time the probe confirms the preference; a preference predicted clearly faster
 (`clear_gap`), at a load both choices were tried at, is probed `clear_probe_factor` times less often:
@@ -91,6 +96,7 @@ OVERHEAD_EMA = 0.05
 # probe to probe: near a tie the choice flipped several times a second, each switch a catch-up of every request
 # (embedded, 8 streams, temperature 1: prefix 0.84 of fixed-2's throughput while drafting in a third of its rounds)
 SURVIVAL_EMA = 0.0125
+SLOPE_EMA = 0.002  # weight of the newest plain round in the fit of a plain round's cost per request
 
 
 def _average(previous: float | None, sample: float, count: int, weight: float = EMA) -> float:
@@ -134,14 +140,21 @@ class RoundCosts:
     # requests 30-60 % too slow over gRPC, and the engine kept the interval it had grown at 2 and drafted at a loss
     # for 50 rounds).
     clear_gap: float = 0.10
+    # at a load where plain decoding is preferred, drafting must be predicted `switch_gap` faster to take over (a
+    # preference for drafting holds while drafting is predicted at least as fast). Each switch to drafting costs a
+    # catch-up round, which no steady round prices: at 16 requests on the demo, where the two were predicted within
+    # 1 % (743 vs 749 tokens/s), the choice flipped every few probes, drafting rounds realised 694 tokens/s with their
+    # catch-ups against 785 plain, and the engine ran at 0.94 of no speculation
+    switch_gap: float = 0.05
     clear_probe_factor: int = 4
     # the share of a round's requests a probe of drafting drafts for (at least one), while plain decoding is preferred
     probe_share: float = 0.125
     # seconds a drafting round spends outside the verify and drafter calls, against the requests of the round
     overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
-    # seconds of a whole plain round against the profiled forward time 1/SPS(R)
-    plain: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
-                                                               keep_slope=True))
+    # seconds of a plain round beyond its profiled forward 1/SPS(R), against R (a constant until R varies); its cost
+    # per request over the last ~500 plain rounds, which span loads that the last ~50 may not
+    plain: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=0.0, keep_slope=True,
+                                                               slope_decay=SLOPE_EMA))
     # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
     # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
@@ -175,9 +188,9 @@ class RoundCosts:
     _tried: dict[bool, set[int]] = field(default_factory=lambda: {True: set(), False: set()})
 
     def __post_init__(self):
-        if self.clear_gap < 0 or self.clear_probe_factor < 1:
-            raise ValueError(f"need clear_gap >= 0 and clear_probe_factor >= 1, got {self.clear_gap}, "
-                             f"{self.clear_probe_factor}")
+        if self.clear_gap < 0 or self.switch_gap < 0 or self.clear_probe_factor < 1:
+            raise ValueError(f"need clear_gap >= 0, switch_gap >= 0 and clear_probe_factor >= 1, got {self.clear_gap}, "
+                             f"{self.switch_gap}, {self.clear_probe_factor}")
         if self.probe_every < 1 or self.max_probe_every < self.probe_every or self.drafting_probe < 1:
             raise ValueError(f"need 1 <= probe_every <= max_probe_every and drafting_probe >= 1, got "
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
@@ -188,7 +201,8 @@ class RoundCosts:
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,
                padded: int = 0, padding_cost: float = 0.0, propose_s: float | None = None, slots: int = 0,
                survival: list[float] | None = None, share: DraftShare | None = None,
-               promised: float | None = None, accepted: int = 0, backlog: int = 0, admitted: int = 0) -> None:
+               promised: float | None = None, accepted: int = 0, backlog: int = 0, admitted: int = 0,
+               plain_sps: dict[int, float] | None = None) -> None:
         """One finished round: whether it drafted, its wall time, and what it verified and committed
         (`longest`: the largest budget of one request; `verify_s`: the verify call's time, None: assume the
         profiled forward; `padded`: padding slots of the verify, each costing `padding_cost` of a token;
@@ -197,7 +211,8 @@ class RoundCosts:
         round's requests drafted (the drafter's call served those only); `promised`: the draft tokens the
         confidences promised, Σ over requests of the prefix survivals of the slots verified, against the `accepted`
         ones; `backlog`: the positions the drafter took in; `admitted`: the prompt positions of the requests admitted
-        since the last round, which the drafter will take in). `steady` False: the drafter also took in a backlog, so
+        since the last round, which the drafter will take in; `plain_sps`: the SPS(B) table of plain rounds, where
+        the verifier has one). `steady` False: the drafter also took in a backlog, so
         the round's overhead is not typical of drafting (its τ and verified tokens still count; its drafter call
         beyond a steady one's prices the intake)."""
         if not sps or requests == 0:
@@ -232,7 +247,7 @@ class RoundCosts:
         if drafted and not steady and propose_s is not None and slots > 0 and not self.propose.empty and backlog > 0:
             self.intake.add(backlog, max(0.0, propose_s - self.propose(share.requests, slots)))
         if not drafted:  # plain rounds are never catch-ups: every one is priced
-            self.plain.add(forward, wall_s)
+            self.plain.add(requests, wall_s - _plain_forward(sps, plain_sps, requests))
         elif steady:
             overhead = wall_s - (forward if verify_s is None else verify_s)
             if propose_s is not None and slots > 0:  # the call served the requests that drafted only
@@ -240,7 +255,8 @@ class RoundCosts:
                 overhead -= propose_s
             self.overhead_drafting.add(requests, max(0.0, overhead))
 
-    def rates(self, sps: dict[int, float], requests: int, cap: int = 0) -> tuple[float, float] | None:
+    def rates(self, sps: dict[int, float], requests: int, cap: int = 0,
+              plain_sps: dict[int, float] | None = None) -> tuple[float, float] | None:
         """(drafting, plain) committed tokens per second predicted for `requests` (drafting `cap` slots each),
         once both were measured."""
         if self.overhead_drafting.empty or self.plain.empty or self.tau is None or not sps or requests == 0:
@@ -249,7 +265,7 @@ class RoundCosts:
             drafting = self._fixed_k_rate(sps, requests, cap)
         else:  # what drafting rounds committed and verified of late
             drafting = requests * self.tau / self._drafting_s(sps, requests, requests * (1 + self.verified), cap)
-        return drafting * (1.0 - self.intake_share), requests / self.plain_s(sps, requests)
+        return drafting * (1.0 - self.intake_share), requests / self.plain_s(sps, requests, plain_sps)
 
     @property
     def intake_share(self) -> float:
@@ -263,9 +279,9 @@ class RoundCosts:
             return 0.0
         return min(0.5, self.intake.coefficients()[1] * positions / seconds)
 
-    def plain_s(self, sps: dict[int, float], requests: int) -> float:
-        """A plain round's predicted seconds at `requests`."""
-        return max(1e-6, self.plain(1.0 / sps_at(sps, requests)))
+    def plain_s(self, sps: dict[int, float], requests: int, plain_sps: dict[int, float] | None = None) -> float:
+        """A plain round's predicted seconds at `requests` (its forward from `plain_sps` where given)."""
+        return max(1e-6, _plain_forward(sps, plain_sps, requests) + self.plain(requests))
 
     def _drafting_s(self, sps: dict[int, float], requests: int, tokens: float, cap: int = 0) -> float:
         """A drafting round's predicted seconds: its overhead at `requests`, the drafter's `cap` slots per request
@@ -321,16 +337,17 @@ class RoundCosts:
         promised a token's worth)."""
         return self._accepted / self._promised if self._promised >= 1.0 else 1.0
 
-    def drafting_requests(self, sps: dict[int, float], requests: int, cap: int = 0) -> int:
+    def drafting_requests(self, sps: dict[int, float], requests: int, cap: int = 0,
+                          plain_sps: dict[int, float] | None = None) -> int:
         """How many of the round's `requests` draft: all of them or none (the faster choice), or a share of them
         (a probe of drafting while plain decoding is preferred, `probe_share`)."""
-        if not self._should_draft(sps, requests, cap):
+        if not self._should_draft(sps, requests, cap, plain_sps):
             return 0
         if self._probing and not self._choice.preferred:
             return min(requests, max(1, math.ceil(self.probe_share * requests)))
         return requests
 
-    def _should_draft(self, sps: dict[int, float], requests: int, cap: int) -> bool:
+    def _should_draft(self, sps: dict[int, float], requests: int, cap: int, plain_sps: dict[int, float] | None) -> bool:
         """Draft this round? Measures a plain round first, then drafts until a steady drafting round is measured;
         then the faster, with probes of the other whose interval doubles while they confirm the preference and
         resets when it changes. Each load keeps its own choice and probe interval (`_Choice`): every burst of
@@ -352,8 +369,8 @@ class RoundCosts:
             return not self._choice.preferred
         load = requests.bit_length()
         choice = self._choice = self._choices.setdefault(load, _Choice())
-        drafting, plain = self.rates(sps, requests, cap)
-        preferred = drafting >= plain
+        drafting, plain = self.rates(sps, requests, cap, plain_sps)
+        preferred = drafting >= plain * (1.0 + self.switch_gap if choice.preferred is False else 1.0)
         tried = {kind: load in loads for kind, loads in self._tried.items()}
         clear = max(drafting, plain) >= (1.0 + self.clear_gap) * min(drafting, plain) and all(tried.values())
         factor = self.clear_probe_factor if clear else 1
@@ -377,3 +394,9 @@ class RoundCosts:
             return not preferred
         choice.streak += 1
         return preferred
+
+
+def _plain_forward(sps: dict[int, float], plain_sps: dict[int, float] | None, requests: int) -> float:
+    """A plain round's profiled forward: `requests` sessions of one token, from the plain rounds' table where the
+    verifier has one (`LoadReport.plain_sps`), else from the verify's."""
+    return 1.0 / sps_at(plain_sps or sps, requests)

@@ -81,7 +81,8 @@ class Verifier(Protocol):
 class LocalVerifier:
     """In-process verifier: the target model in this process, taps at `tap_layers`."""
 
-    def __init__(self, target: CausalLM, tap_layers: tuple[int, ...] = (), sps: dict[int, float] | None = None):
+    def __init__(self, target: CausalLM, tap_layers: tuple[int, ...] = (), sps: dict[int, float] | None = None,
+                 plain_sps: dict[int, float] | None = None):
         self.target = target
         self.tap_layers = tuple(tap_layers)
         self.vocab_size = target.vocab_size
@@ -89,6 +90,7 @@ class LocalVerifier:
         self.eos_token_ids = target.eos_token_ids
         self._pending: dict[str, int] = {}
         self._sps = sps or {}
+        self._plain_sps = plain_sps or {}
 
     def open(self, batch: list[OpenRequest]) -> list[OpenResult]:
         opened = []
@@ -167,7 +169,8 @@ class LocalVerifier:
         self.target.close(session)
 
     def load(self) -> LoadReport:
-        return LoadReport(sps=dict(self._sps), running=len(self.target.cache), padding_cost=self.target.padding_cost)
+        return LoadReport(sps=dict(self._sps), running=len(self.target.cache), padding_cost=self.target.padding_cost,
+                          plain_sps=dict(self._plain_sps))
 
 
 def _taps_for(batch: list[OpenRequest] | list[VerifyRequest], layers: tuple[int, ...]) -> tuple[int, ...]:

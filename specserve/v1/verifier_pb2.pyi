@@ -102,7 +102,7 @@ class SpsPoint(_message.Message):
     def __init__(self, tokens: _Optional[int] = ..., steps_per_second: _Optional[float] = ...) -> None: ...
 
 class LoadReport(_message.Message):
-    __slots__ = ("sps", "running_sessions", "queue_depth", "cached_tokens", "max_sessions", "draining", "padding_cost")
+    __slots__ = ("sps", "running_sessions", "queue_depth", "cached_tokens", "max_sessions", "draining", "padding_cost", "plain_sps")
     SPS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class LoadReport(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     PADDING_COST_FIELD_NUMBER: _ClassVar[int]
+    PLAIN_SPS_FIELD_NUMBER: _ClassVar[int]
     sps: _containers.RepeatedCompositeFieldContainer[SpsPoint]
     running_sessions: int
     queue_depth: int
@@ -117,7 +118,8 @@ class LoadReport(_message.Message):
     max_sessions: int
     draining: bool
     padding_cost: float
-    def __init__(self, sps: _Optional[_Iterable[_Union[SpsPoint, _Mapping]]] = ..., running_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., draining: _Optional[bool] = ..., padding_cost: _Optional[float] = ...) -> None: ...
+    plain_sps: _containers.RepeatedCompositeFieldContainer[SpsPoint]
+    def __init__(self, sps: _Optional[_Iterable[_Union[SpsPoint, _Mapping]]] = ..., running_sessions: _Optional[int] = ..., queue_depth: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., max_sessions: _Optional[int] = ..., draining: _Optional[bool] = ..., padding_cost: _Optional[float] = ..., plain_sps: _Optional[_Iterable[_Union[SpsPoint, _Mapping]]] = ...) -> None: ...
 
 class VerifierInfo(_message.Message):
     __slots__ = ("vocab_size", "max_context", "eos_token_ids", "tap_layers", "model", "dtype")

@@ -52,6 +52,7 @@ def test_verifier_runs_from_environment_settings_and_drains_on_sigterm(tiny_targ
         port = wait_for_port(verifier)
         remote_verifier = RemoteVerifier(f"127.0.0.1:{port}", timeout_s=10)
         assert set(remote_verifier.load().sps) == {1, 4}, "SPS(B) was profiled at start-up"
+        assert set(remote_verifier.load().plain_sps) == {1, 2, 4}, "and that of plain rounds, up to as many sessions"
         assert remote_verifier.load().padding_cost == 0.5, "the replica's padding cost, fetched with the SPS table"
         drafter = DrafterServer(DrafterSettings(host="127.0.0.1", port=0, shutdown_delay_s=0))
         engine = SpecEngine(remote_verifier, RemoteDrafter(start(drafter), timeout_s=10))

@@ -3,7 +3,7 @@
 import pytest
 
 from specserve.target.model import CausalLM
-from specserve.target.profile import monotone_times, profile_sps
+from specserve.target.profile import monotone_times, profile_plain, profile_sps
 
 
 def test_profile_covers_the_sizes_is_non_increasing_and_leaves_the_cache_as_it_was(model):
@@ -20,6 +20,28 @@ def test_profile_covers_the_sizes_is_non_increasing_and_leaves_the_cache_as_it_w
 def test_bad_sizes_are_refused(model):
     with pytest.raises(ValueError, match="sizes"):
         profile_sps(CausalLM(model), sizes=(0, 4))
+    with pytest.raises(ValueError, match="max_sessions"):
+        profile_plain(CausalLM(model), 0)
+
+
+def test_plain_rounds_are_profiled_as_one_token_in_each_of_b_sessions(model):
+    """A plain round appends one token to each of R sessions; a verify's table lays B tokens out in sessions of
+    several. The plain table times the plain layout, for B = 1, 2, 4, ... up to the most sessions."""
+    target = CausalLM(model)
+    layouts = []
+    forward = target.forward
+
+    def spy(sessions, tokens, **kwargs):
+        layouts.append(sorted({len(t) for t in tokens}))
+        return forward(sessions, tokens, **kwargs)
+
+    target.forward = spy
+    table = profile_plain(target, 5, context=16, repeats=1, taps=(1,))
+    assert sorted(table) == [1, 2, 4, 5]
+    assert table[1] >= table[2] >= table[4] >= table[5] > 0
+    assert layouts[0] == [16], "the sessions' context is prefilled first"
+    assert all(layout == [1] for layout in layouts[1:]), "then every timed forward appends one token per session"
+    assert target.cache.sessions() == []
 
 
 def test_one_slow_outlier_is_lowered_to_its_neighbour_not_propagated():

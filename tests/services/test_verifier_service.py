@@ -97,12 +97,13 @@ def test_idle_sessions_are_evicted_after_their_lease(start):
 
 
 def test_load_and_info(start):
-    stub = stub_for(start(verifier_server(tap_layers=(1,), max_sessions=2)))
+    stub = stub_for(start(verifier_server(tap_layers=(1,), max_sessions=2, plain_sps={1: 95.0, 4: 70.0})))
     stub.Open(verifier_pb2.VerifierOpenRequest(items=[open_item("a", [1, 2, 3]), open_item("b", [4])]))
     [full] = stub.Open(verifier_pb2.VerifierOpenRequest(items=[open_item("c", [5])])).results
     assert codes([full]) == ["RESOURCE_EXHAUSTED"]
     load = stub.GetLoad(verifier_pb2.GetLoadRequest())
     assert {p.tokens: p.steps_per_second for p in load.sps} == SPS
+    assert {p.tokens: p.steps_per_second for p in load.plain_sps} == {1: 95.0, 4: 70.0}
     assert (load.running_sessions, load.cached_tokens, load.max_sessions, load.queue_depth) == (2, 4, 2, 0)
     assert load.padding_cost == pytest.approx(0.5), "an fp32 CPU target skips padded rows in its linears"
     info = stub.GetInfo(common_pb2.GetInfoRequest())

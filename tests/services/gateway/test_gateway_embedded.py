@@ -49,6 +49,7 @@ def test_embedded_engine_policies_keep_greedy_output(tiny_target_dir, policy):
     if policy == "prefix":
         sps = engine.verifier.load().sps
         assert sps and min(sps) == 1 and all(v > 0 for v in sps.values())
+        assert set(engine.verifier.load().plain_sps) == {1, 2, 4}, "plain rounds profiled up to max_batch sessions"
     plain = build_embedded_engine(GatewaySettings(target=str(tiny_target_dir), drafter="none"))
     prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11]]
     params = SamplingParams(max_tokens=24, ignore_eos=True)

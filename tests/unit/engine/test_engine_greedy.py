@@ -189,13 +189,13 @@ def test_the_time_between_rounds_is_priced_but_admissions_are_not():
     for verifier, pause, priced in ((LocalVerifier, 0.05, True), (SlowPrefill, 0.0, False)):
         engine = SpecEngine(verifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), NgramDrafter(max_block=4),
                             PrefixScheduler(max_block=4), max_batch=8)
-        engine._costs.drafting_requests = lambda *args: 0  # plain rounds only: their recorded seconds are tested
+        engine._costs.drafting_requests = lambda *args, **kwargs: 0  # plain rounds only: their seconds are tested
         engine.add_request(PROMPTS[0], params)
         engine.step()  # its admission, then a first round
         time.sleep(pause)
         engine.add_request(PROMPTS[1], params)
         engine.step()  # a second admission (a prefill of 50 ms with SlowPrefill), then a round of two
-        mean = engine._costs.plain(1.0 / 1000.0)  # two rounds at about the same profiled forward: their mean
+        mean = engine._costs.plain(1.5)  # beyond the forward, at 1.5 requests: the mean of the two rounds
         assert (mean > 0.02) is priced, (verifier.__name__, mean)
 
 
@@ -258,7 +258,7 @@ def test_a_probe_drafts_for_the_requests_with_the_least_to_catch_up():
     engine = SpecEngine(LocalVerifier(CausalLM(model), sps={1: 1000.0, 64: 500.0}), drafter,
                         PrefixScheduler(max_block=4), max_batch=8)
     script = iter([0, 0, 0, 2, 2, *[0] * 6, 2, 2])
-    engine._costs.drafting_requests = lambda sps, requests, cap=0: min(requests, next(script, 0))
+    engine._costs.drafting_requests = lambda sps, requests, cap=0, plain_sps=None: min(requests, next(script, 0))
     asked, shares = [], []
     propose, record = drafter.propose, engine._costs.record
 
