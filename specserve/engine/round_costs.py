@@ -27,10 +27,12 @@ and predicts both rates for the current batch size R from the SPS(B) table:
 
     drafting:  R·(1 + Σ_{j≤k} a_j) / (overhead_drafting(R) + propose(R, R·k) + c0 + m/SPS(R·(1 + k)))
                (before survival is measured: R·τ / (overhead_drafting(R) + c0 + m/SPS(R·(1 + verified))))
-    plain:     R / (1/SPS(R) + p0 + p·R)
+    plain:     R / (1/SPS_plain(R) + p0 + p·R)
 
-A plain round is fitted on its own: its seconds beyond the profiled forward, p0 + p·R over recent plain rounds (a
-cost per call and one per request: sampling, committing, a transport's bytes). Fitted as p0 + p/SPS(R) instead, the
+SPS_plain is the verifier's profile of plain rounds (`LoadReport.plain_sps`: R sessions appending one token each;
+the verify's table where the verifier has none). A plain round is fitted on its own: its seconds beyond that
+forward, p0 + p·R over recent plain rounds (a cost per call and one per request: sampling, committing, a
+transport's bytes). Fitted as p0 + p/SPS(R) against the verify's table instead, the
 per-request part rode on the forward's slope: the demo's SPS(B) is flat up to 8, so rounds at 16 and 32 (6.0 and
 10.0 ms beyond the forward, 3.1 at 1 request) fitted a slope of 1.5 on the forward, and priced plain decoding back
 at 8 requests 14 % too slow (20.5 ms against 18.0); the engine drafted there at a 6 % loss. Priced from the verify
