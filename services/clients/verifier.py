@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+import torch
 
 from services.common.codec import Code, optional_tensor, q_to_proto, sampling_to_proto
 from services.common.transport import DEFAULT_MAX_MESSAGE_BYTES, RemoteCallError, client_options, grpc_code
@@ -180,6 +181,31 @@ class RemoteVerifier:
                                                    f"({grpc_code(res.status.code).name}): {res.status.message}")
         return retry, lost
 
+    def take_taps(self, sessions: list[str]) -> list[torch.Tensor | None]:
+        """The taps each session's replica held back (one TakeTaps per replica, in parallel). None for a session
+        whose replica failed or no longer holds it (it was re-opened elsewhere): its held taps are lost, and the
+        caller drops its drafter (decoding goes on, without drafts)."""
+        groups: dict[_Replica, list[str]] = {}
+        for session in sessions:
+            groups.setdefault(self._sessions[session].replica, []).append(session)
+        calls = _fan_out([(rep, group, rep.stub.TakeTaps, verifier_pb2.TakeTapsRequest(items=[
+            verifier_pb2.TakeTapsItem(session=s, committed_len=self._committed_len(s)) for s in group]))
+            for rep, group in groups.items()], self.timeout_s)
+        taken: dict[str, torch.Tensor | None] = {}
+        for rep, group, outcome in calls:
+            try:
+                results = outcome().results
+            except grpc.RpcError as exc:
+                log.warning("verifier %s failed TakeTaps (%s): %d sessions lose their held taps", rep.target,
+                            exc.code(), len(group))
+                continue
+            for session, res in zip(group, results, strict=True):
+                if res.status.code == Code.OK:
+                    taken[session] = optional_tensor(res, "taps", "taps")
+                else:
+                    log.warning("verifier %s holds no taps of %s (%s)", rep.target, session, res.status.message)
+        return [taken.get(s) for s in sessions]
+
     def close(self, session: str) -> None:
         """Forget a session and close it on its replica, best effort (the lease reclaims a lost close)."""
         s = self._sessions.pop(session, None)
@@ -280,13 +306,17 @@ class RemoteVerifier:
             session, (code, message) = next(iter(failed.items()))
             raise RemoteCallError("verifier", code, f"re-opening {session!r} failed: {message}")
 
+    def _committed_len(self, session: str) -> int:
+        s = self._sessions[session]
+        return len(s.prompt) + len(s.committed)
+
     def _check_view(self, r: VerifyRequest) -> None:
         s = self._sessions.get(r.session)
         if s is None:
             raise SessionError(f"session {r.session!r} was not opened through this client")
-        if r.committed_len != len(s.prompt) + len(s.committed):
+        if r.committed_len != self._committed_len(r.session):
             raise SessionError(f"session {r.session!r}: committed_len {r.committed_len} disagrees with the "
-                               f"{len(s.prompt) + len(s.committed)} tokens this client saw committed")
+                               f"{self._committed_len(r.session)} tokens this client saw committed")
 
     def _close_on(self, rep: _Replica, session: str) -> None:
         try:
@@ -300,7 +330,8 @@ class RemoteVerifier:
 
 def _open_item(r: OpenRequest) -> verifier_pb2.VerifierOpenItem:
     item = verifier_pb2.VerifierOpenItem(session=r.session, prompt_ids=r.prompt_ids,
-                                         sampling=sampling_to_proto(r.sampling), skip_taps=not r.want_taps)
+                                         sampling=sampling_to_proto(r.sampling), skip_taps=not r.want_taps,
+                                         defer_taps=r.defer_taps)
     if r.resume_token is not None:
         item.resume_token = r.resume_token
     return item
@@ -309,7 +340,7 @@ def _open_item(r: OpenRequest) -> verifier_pb2.VerifierOpenItem:
 def _verify_item(r: VerifyRequest) -> verifier_pb2.VerifyItem:
     item = verifier_pb2.VerifyItem(session=r.session, committed_len=r.committed_len, draft_ids=r.draft_ids,
                                    sampling=sampling_to_proto(r.sampling), position=r.position,
-                                   skip_taps=not r.want_taps)
+                                   skip_taps=not r.want_taps, defer_taps=r.defer_taps)
     if r.q is not None:
         item.q.CopyFrom(q_to_proto(r.q))
     return item

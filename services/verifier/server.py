@@ -107,7 +107,7 @@ class VerifierServer(ModelServer):
         if item.HasField("resume_token"):
             resume = check_ids([item.resume_token], self.verifier.vocab_size, "resume_token")[0]
         return OpenRequest(item.session, prompt, sampling_from_proto(item.sampling), resume_token=resume,
-                           want_taps=not item.skip_taps)
+                           want_taps=not item.skip_taps, defer_taps=item.defer_taps)
 
     def verify_batch(self, request: verifier_pb2.VerifyRequest) -> verifier_pb2.VerifyResponse:
         results: list = [None] * len(request.items)
@@ -159,7 +159,34 @@ class VerifierServer(ModelServer):
             raise ItemError(Code.INVALID_ARGUMENT, f"position: must be >= 0, got {item.position}")
         q = q_from_proto(item.q, len(drafts), self.verifier.vocab_size) if item.HasField("q") else None
         return VerifyRequest(item.session, item.committed_len, drafts, q, sampling_from_proto(item.sampling),
-                             position=item.position, want_taps=not item.skip_taps)
+                             position=item.position, want_taps=not item.skip_taps, defer_taps=item.defer_taps)
+
+    def take_taps_batch(self, request: verifier_pb2.TakeTapsRequest) -> verifier_pb2.TakeTapsResponse:
+        results = []
+        for item in request.items:
+            digest = fingerprint(item)
+            cached = self.sessions.replay(item.session, "taps", item.committed_len, digest)
+            if cached is None:
+                try:
+                    cached = self._take_taps(item)
+                except ItemError as exc:
+                    cached = verifier_pb2.TakeTapsResult(session=item.session, status=exc.status())
+                else:
+                    self.sessions.remember(item.session, "taps", item.committed_len, digest, cached)
+            results.append(cached)
+        return verifier_pb2.TakeTapsResponse(results=results)
+
+    def _take_taps(self, item: verifier_pb2.TakeTapsItem) -> verifier_pb2.TakeTapsResult:
+        if item.session not in self.sessions:
+            raise ItemError(Code.NOT_FOUND, f"session {item.session!r} is not open here (never opened, closed, or "
+                                            f"evicted after {self.sessions.ttl_s:g}s idle): its held taps are lost")
+        self.sessions.touch(item.session)
+        held = self.target.length(item.session) + 1
+        if item.committed_len != held:
+            raise ItemError(Code.FAILED_PRECONDITION, f"committed_len {item.committed_len} is stale: the verifier "
+                                                      f"holds {held} committed tokens of {item.session!r}")
+        [taps] = self.verifier.take_taps([item.session])
+        return verifier_pb2.TakeTapsResult(session=item.session, status=OK, taps=encode(taps))
 
     def close_batch(self, request: common_pb2.CloseSessionsRequest) -> common_pb2.CloseSessionsResponse:
         self.close_sessions(request.sessions)
@@ -200,6 +227,10 @@ class _Servicer(verifier_pb2_grpc.VerifierServicer):
     async def Verify(self, request, context):
         """Verify each session's drafts in one target forward (idempotent per session and committed_len)."""
         return await self.server.on_model_thread(self.server.verify_batch, request)
+
+    async def TakeTaps(self, request, context):
+        """Hand over the taps deferred calls held back (idempotent per session and committed_len)."""
+        return await self.server.on_model_thread(self.server.take_taps_batch, request)
 
     async def Close(self, request, context):
         """Close sessions and free their KV cache."""

@@ -7,6 +7,8 @@ rounds. Any thread may add or abort requests: those calls only enqueue, and `ste
 A request's drafter session is opened at its first drafting round, not at admission: its first token
 streams without waiting on the drafter, and under a load where the engine decodes plainly, a request
 that never drafts costs the drafter nothing (over gRPC the prompt's taps would cross the wire for it).
+Likewise the verifier holds back the taps of the prompt and of every round a request does not draft in
+(`defer_taps`); the engine takes them (`Verifier.take_taps`) when the request's drafter next runs.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class SpecEngine:
         self.policy = policy or FixedK(drafter.max_block if drafter is not None else 0)
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self._taps = drafter is not None and bool(drafter.target_layer_ids)  # the drafter reads the target's taps
         self.eos_token_ids = frozenset(verifier.eos_token_ids)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -158,7 +161,8 @@ class SpecEngine:
             return
         drafts = self.drafter is not None and self.policy.max_draft > 0  # else no one reads the prompts' taps
         try:
-            opened = self.verifier.open([OpenRequest(r.id, r.prompt_ids, r.params, want_taps=drafts) for r in batch])
+            opened = self.verifier.open([OpenRequest(r.id, r.prompt_ids, r.params, want_taps=drafts and self._taps,
+                                                     defer_taps=True) for r in batch])
         except Exception as exc:  # one bad batch must not take the loop down
             log.exception("prefill failed for %d requests", len(batch))
             for r in batch:
@@ -175,7 +179,9 @@ class SpecEngine:
             if drafts:
                 self._drafting.add(r.id)
                 self._admitted += len(r.prompt_ids)
-                r.prompt_taps = res.taps  # the drafter takes them in at the request's first drafting round
+                # the drafter takes them in at the request's first drafting round; the verifier holds them till then
+                r.prompt_taps = res.taps
+                r.held_taps = len(r.prompt_ids) if self._taps and res.taps is None else 0
             self._commit(r, [res.token], outputs)
 
     def _open_drafter(self, r: Request) -> bool:
@@ -224,8 +230,10 @@ class SpecEngine:
         drafted = bool(fed)  # the drafter was called
         proposed = [min(len(b.ids), self._draft_room(r, len(b.ids))) for r, b in zip(batch, blocks, strict=True)]
         budgets = self.policy.budget(proposed, [b.confidence for b in blocks], load) if drafted else [0] * len(batch)
+        fed_ids = {r.id for r in fed}  # the others' taps wait in the verifier until their drafter next runs
         items = [VerifyRequest(r.id, r.committed_len, b.ids[:n], None if b.q is None else b.q[:n], r.params,
-                               position=len(r.output_ids), want_taps=r.id in self._drafting)
+                               position=len(r.output_ids), want_taps=self._taps and r.id in self._drafting,
+                               defer_taps=r.id not in fed_ids)
                  for r, b, n in zip(batch, blocks, budgets, strict=True)]
         verify_start = time.perf_counter()
         try:
@@ -254,6 +262,8 @@ class SpecEngine:
                 r.unsent_ids.extend(res.tokens)
                 if res.taps is not None:
                     r.unsent_taps.append(res.taps)  # joined once, when the drafter next runs
+                elif self._taps and r.id not in fed_ids:
+                    r.held_taps += len(res.tokens)  # the positions this round processed
             self._commit(r, res.tokens, outputs)
         if load is not None:
             share = None
@@ -282,7 +292,7 @@ class SpecEngine:
         """Drafts of the `asked` requests of the batch (the others get none)."""
         if cap == 0 or not asked:
             return [_NO_DRAFT] * len(batch)
-        asked = [r for r in asked if self._open_drafter(r)]
+        asked = [r for r in self._take_held_taps(asked) if self._open_drafter(r)]
         if not asked:
             return [_NO_DRAFT] * len(batch)
         items = [DraftRequest(session=r.id, new_ids=r.unsent_ids, committed_len=r.committed_len,
@@ -307,6 +317,31 @@ class SpecEngine:
                 block = _NO_DRAFT
             by_id[r.id] = block
         return [by_id.get(r.id, _NO_DRAFT) for r in batch]
+
+    def _take_held_taps(self, asked: list[Request]) -> list[Request]:
+        """Take the taps the verifier held back for the `asked` requests (their prompt, the rounds they did not draft
+        in) into their unsent taps, the prompt's apart until the drafter session opens. A request whose held taps are
+        lost (a replica failed over) drafts no more: its drafter is dropped, and it decodes on without drafts."""
+        holding = [r for r in asked if r.held_taps]
+        if not holding:
+            return asked
+        try:
+            taken = self.verifier.take_taps([r.id for r in holding])
+        except Exception:
+            log.exception("taking held taps failed for %d requests; they continue without drafts", len(holding))
+            taken = [None] * len(holding)
+        for r, taps in zip(holding, taken, strict=True):
+            if taps is None or taps.shape[0] != r.held_taps:
+                log.warning("the verifier returned %s of the %d held tap positions of %s; it continues without drafts",
+                            "none" if taps is None else taps.shape[0], r.held_taps, r.id)
+                self._drop_drafter(r)
+                continue
+            r.held_taps = 0
+            if not r.drafter_open and r.prompt_taps is None:  # held since admission: the prompt's come first
+                r.prompt_taps, taps = taps[: len(r.prompt_ids)], taps[len(r.prompt_ids):]
+            if taps.shape[0]:
+                r.unsent_taps.append(taps)
+        return [r for r in asked if r.id in self._drafting]
 
     def _invalid_draft(self, block: DraftBlock) -> str | None:
         vocab = self.verifier.vocab_size
@@ -383,7 +418,7 @@ class SpecEngine:
     def _drop_drafter(self, r: Request) -> None:
         if r.id in self._drafting:
             self._drafting.discard(r.id)
-            r.unsent_ids, r.unsent_taps, r.prompt_taps = [], [], None
+            r.unsent_ids, r.unsent_taps, r.prompt_taps, r.held_taps = [], [], None, 0
         if r.drafter_open:
             r.drafter_open = False
             try:

@@ -104,6 +104,7 @@ class Request:
     unsent_taps: list[torch.Tensor] = field(default_factory=list)
     drafter_len: int = 0  # committed_len when the drafter last ran for this request (0: never)
     prompt_taps: torch.Tensor | None = None  # the prefill's taps, until the drafter session opens with them
+    held_taps: int = 0  # positions whose taps the verifier holds back (`defer_taps`) until the drafter next runs
     drafter_open: bool = False  # its drafter session is open (from its first drafting round to its end)
 
     @property

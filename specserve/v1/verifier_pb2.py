@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specserve.v1 import common_pb2 as specserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspecserve/v1/verifier.proto\x12\x0cspecserve.v1\x1a\x19specserve/v1/common.proto\"D\n\x13VerifierOpenRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.specserve.v1.VerifierOpenItem\"\xa6\x01\n\x10VerifierOpenItem\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specserve.v1.SamplingParams\x12\x19\n\x0cresume_token\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tskip_taps\x18\x05 \x01(\x08\x42\x0f\n\r_resume_token\"I\n\x14VerifierOpenResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .specserve.v1.VerifierOpenResult\"~\n\x12VerifierOpenResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.specserve.v1.Status\x12\r\n\x05token\x18\x03 \x01(\x05\x12\"\n\x04taps\x18\x04 \x01(\x0b\x32\x14.specserve.v1.Tensor\"8\n\rVerifyRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.specserve.v1.VerifyItem\"\xc8\x01\n\nVerifyItem\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x15\n\rcommitted_len\x18\x02 \x01(\x03\x12\x11\n\tdraft_ids\x18\x03 \x03(\x05\x12*\n\x01q\x18\x04 \x01(\x0b\x32\x1f.specserve.v1.DraftDistribution\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.specserve.v1.SamplingParams\x12\x10\n\x08position\x18\x06 \x01(\x03\x12\x11\n\tskip_taps\x18\x07 \x01(\x08\"=\n\x0eVerifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.specserve.v1.VerifyResult\"\x8b\x01\n\x0cVerifyResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.specserve.v1.Status\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x12\"\n\x04taps\x18\x05 \x01(\x0b\x32\x14.specserve.v1.Tensor\"\x10\n\x0eGetLoadRequest\"4\n\x08SpsPoint\x12\x0e\n\x06tokens\x18\x01 \x01(\x05\x12\x18\n\x10steps_per_second\x18\x02 \x01(\x01\"\xe0\x01\n\nLoadReport\x12#\n\x03sps\x18\x01 \x03(\x0b\x32\x16.specserve.v1.SpsPoint\x12\x18\n\x10running_sessions\x18\x02 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x15\n\rcached_tokens\x18\x04 \x01(\x03\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x14\n\x0cpadding_cost\x18\x07 \x01(\x02\x12)\n\tplain_sps\x18\x08 \x03(\x0b\x32\x16.specserve.v1.SpsPoint\"\x80\x01\n\x0cVerifierInfo\x12\x12\n\nvocab_size\x18\x01 \x01(\x05\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x15\n\reos_token_ids\x18\x03 \x03(\x05\x12\x12\n\ntap_layers\x18\x04 \x03(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t2\xf8\x02\n\x08Verifier\x12M\n\x04Open\x12!.specserve.v1.VerifierOpenRequest\x1a\".specserve.v1.VerifierOpenResponse\x12\x43\n\x06Verify\x12\x1b.specserve.v1.VerifyRequest\x1a\x1c.specserve.v1.VerifyResponse\x12P\n\x05\x43lose\x12\".specserve.v1.CloseSessionsRequest\x1a#.specserve.v1.CloseSessionsResponse\x12\x41\n\x07GetLoad\x12\x1c.specserve.v1.GetLoadRequest\x1a\x18.specserve.v1.LoadReport\x12\x43\n\x07GetInfo\x12\x1c.specserve.v1.GetInfoRequest\x1a\x1a.specserve.v1.VerifierInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bspecserve/v1/verifier.proto\x12\x0cspecserve.v1\x1a\x19specserve/v1/common.proto\"D\n\x13VerifierOpenRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.specserve.v1.VerifierOpenItem\"\xba\x01\n\x10VerifierOpenItem\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specserve.v1.SamplingParams\x12\x19\n\x0cresume_token\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\tskip_taps\x18\x05 \x01(\x08\x12\x12\n\ndefer_taps\x18\x06 \x01(\x08\x42\x0f\n\r_resume_token\"I\n\x14VerifierOpenResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .specserve.v1.VerifierOpenResult\"~\n\x12VerifierOpenResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.specserve.v1.Status\x12\r\n\x05token\x18\x03 \x01(\x05\x12\"\n\x04taps\x18\x04 \x01(\x0b\x32\x14.specserve.v1.Tensor\"8\n\rVerifyRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.specserve.v1.VerifyItem\"\xdc\x01\n\nVerifyItem\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x15\n\rcommitted_len\x18\x02 \x01(\x03\x12\x11\n\tdraft_ids\x18\x03 \x03(\x05\x12*\n\x01q\x18\x04 \x01(\x0b\x32\x1f.specserve.v1.DraftDistribution\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.specserve.v1.SamplingParams\x12\x10\n\x08position\x18\x06 \x01(\x03\x12\x11\n\tskip_taps\x18\x07 \x01(\x08\x12\x12\n\ndefer_taps\x18\x08 \x01(\x08\"<\n\x0fTakeTapsRequest\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.specserve.v1.TakeTapsItem\"6\n\x0cTakeTapsItem\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x15\n\rcommitted_len\x18\x02 \x01(\x03\"A\n\x10TakeTapsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.specserve.v1.TakeTapsResult\"k\n\x0eTakeTapsResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.specserve.v1.Status\x12\"\n\x04taps\x18\x03 \x01(\x0b\x32\x14.specserve.v1.Tensor\"=\n\x0eVerifyResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.specserve.v1.VerifyResult\"\x8b\x01\n\x0cVerifyResult\x12\x0f\n\x07session\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.specserve.v1.Status\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x12\"\n\x04taps\x18\x05 \x01(\x0b\x32\x14.specserve.v1.Tensor\"\x10\n\x0eGetLoadRequest\"4\n\x08SpsPoint\x12\x0e\n\x06tokens\x18\x01 \x01(\x05\x12\x18\n\x10steps_per_second\x18\x02 \x01(\x01\"\xe0\x01\n\nLoadReport\x12#\n\x03sps\x18\x01 \x03(\x0b\x32\x16.specserve.v1.SpsPoint\x12\x18\n\x10running_sessions\x18\x02 \x01(\x05\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x15\n\rcached_tokens\x18\x04 \x01(\x03\x12\x14\n\x0cmax_sessions\x18\x05 \x01(\x05\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08\x12\x14\n\x0cpadding_cost\x18\x07 \x01(\x02\x12)\n\tplain_sps\x18\x08 \x03(\x0b\x32\x16.specserve.v1.SpsPoint\"\x80\x01\n\x0cVerifierInfo\x12\x12\n\nvocab_size\x18\x01 \x01(\x05\x12\x13\n\x0bmax_context\x18\x02 \x01(\x05\x12\x15\n\reos_token_ids\x18\x03 \x03(\x05\x12\x12\n\ntap_layers\x18\x04 \x03(\x05\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t2\xc3\x03\n\x08Verifier\x12M\n\x04Open\x12!.specserve.v1.VerifierOpenRequest\x1a\".specserve.v1.VerifierOpenResponse\x12\x43\n\x06Verify\x12\x1b.specserve.v1.VerifyRequest\x1a\x1c.specserve.v1.VerifyResponse\x12I\n\x08TakeTaps\x12\x1d.specserve.v1.TakeTapsRequest\x1a\x1e.specserve.v1.TakeTapsResponse\x12P\n\x05\x43lose\x12\".specserve.v1.CloseSessionsRequest\x1a#.specserve.v1.CloseSessionsResponse\x12\x41\n\x07GetLoad\x12\x1c.specserve.v1.GetLoadRequest\x1a\x18.specserve.v1.LoadReport\x12\x43\n\x07GetInfo\x12\x1c.specserve.v1.GetInfoRequest\x1a\x1a.specserve.v1.VerifierInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,27 +35,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFIEROPENREQUEST']._serialized_start=72
   _globals['_VERIFIEROPENREQUEST']._serialized_end=140
   _globals['_VERIFIEROPENITEM']._serialized_start=143
-  _globals['_VERIFIEROPENITEM']._serialized_end=309
-  _globals['_VERIFIEROPENRESPONSE']._serialized_start=311
-  _globals['_VERIFIEROPENRESPONSE']._serialized_end=384
-  _globals['_VERIFIEROPENRESULT']._serialized_start=386
-  _globals['_VERIFIEROPENRESULT']._serialized_end=512
-  _globals['_VERIFYREQUEST']._serialized_start=514
-  _globals['_VERIFYREQUEST']._serialized_end=570
-  _globals['_VERIFYITEM']._serialized_start=573
-  _globals['_VERIFYITEM']._serialized_end=773
-  _globals['_VERIFYRESPONSE']._serialized_start=775
-  _globals['_VERIFYRESPONSE']._serialized_end=836
-  _globals['_VERIFYRESULT']._serialized_start=839
-  _globals['_VERIFYRESULT']._serialized_end=978
-  _globals['_GETLOADREQUEST']._serialized_start=980
-  _globals['_GETLOADREQUEST']._serialized_end=996
-  _globals['_SPSPOINT']._serialized_start=998
-  _globals['_SPSPOINT']._serialized_end=1050
-  _globals['_LOADREPORT']._serialized_start=1053
-  _globals['_LOADREPORT']._serialized_end=1277
-  _globals['_VERIFIERINFO']._serialized_start=1280
-  _globals['_VERIFIERINFO']._serialized_end=1408
-  _globals['_VERIFIER']._serialized_start=1411
-  _globals['_VERIFIER']._serialized_end=1787
+  _globals['_VERIFIEROPENITEM']._serialized_end=329
+  _globals['_VERIFIEROPENRESPONSE']._serialized_start=331
+  _globals['_VERIFIEROPENRESPONSE']._serialized_end=404
+  _globals['_VERIFIEROPENRESULT']._serialized_start=406
+  _globals['_VERIFIEROPENRESULT']._serialized_end=532
+  _globals['_VERIFYREQUEST']._serialized_start=534
+  _globals['_VERIFYREQUEST']._serialized_end=590
+  _globals['_VERIFYITEM']._serialized_start=593
+  _globals['_VERIFYITEM']._serialized_end=813
+  _globals['_TAKETAPSREQUEST']._serialized_start=815
+  _globals['_TAKETAPSREQUEST']._serialized_end=875
+  _globals['_TAKETAPSITEM']._serialized_start=877
+  _globals['_TAKETAPSITEM']._serialized_end=931
+  _globals['_TAKETAPSRESPONSE']._serialized_start=933
+  _globals['_TAKETAPSRESPONSE']._serialized_end=998
+  _globals['_TAKETAPSRESULT']._serialized_start=1000
+  _globals['_TAKETAPSRESULT']._serialized_end=1107
+  _globals['_VERIFYRESPONSE']._serialized_start=1109
+  _globals['_VERIFYRESPONSE']._serialized_end=1170
+  _globals['_VERIFYRESULT']._serialized_start=1173
+  _globals['_VERIFYRESULT']._serialized_end=1312
+  _globals['_GETLOADREQUEST']._serialized_start=1314
+  _globals['_GETLOADREQUEST']._serialized_end=1330
+  _globals['_SPSPOINT']._serialized_start=1332
+  _globals['_SPSPOINT']._serialized_end=1384
+  _globals['_LOADREPORT']._serialized_start=1387
+  _globals['_LOADREPORT']._serialized_end=1611
+  _globals['_VERIFIERINFO']._serialized_start=1614
+  _globals['_VERIFIERINFO']._serialized_end=1742
+  _globals['_VERIFIER']._serialized_start=1745
+  _globals['_VERIFIER']._serialized_end=2196
 # @@protoc_insertion_point(module_scope)

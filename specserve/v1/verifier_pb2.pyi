@@ -14,18 +14,20 @@ class VerifierOpenRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifierOpenItem, _Mapping]]] = ...) -> None: ...
 
 class VerifierOpenItem(_message.Message):
-    __slots__ = ("session", "prompt_ids", "sampling", "resume_token", "skip_taps")
+    __slots__ = ("session", "prompt_ids", "sampling", "resume_token", "skip_taps", "defer_taps")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     SKIP_TAPS_FIELD_NUMBER: _ClassVar[int]
+    DEFER_TAPS_FIELD_NUMBER: _ClassVar[int]
     session: str
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     resume_token: int
     skip_taps: bool
-    def __init__(self, session: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., resume_token: _Optional[int] = ..., skip_taps: _Optional[bool] = ...) -> None: ...
+    defer_taps: bool
+    def __init__(self, session: _Optional[str] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., resume_token: _Optional[int] = ..., skip_taps: _Optional[bool] = ..., defer_taps: _Optional[bool] = ...) -> None: ...
 
 class VerifierOpenResponse(_message.Message):
     __slots__ = ("results",)
@@ -52,7 +54,7 @@ class VerifyRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifyItem, _Mapping]]] = ...) -> None: ...
 
 class VerifyItem(_message.Message):
-    __slots__ = ("session", "committed_len", "draft_ids", "q", "sampling", "position", "skip_taps")
+    __slots__ = ("session", "committed_len", "draft_ids", "q", "sampling", "position", "skip_taps", "defer_taps")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
     DRAFT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +62,7 @@ class VerifyItem(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     SKIP_TAPS_FIELD_NUMBER: _ClassVar[int]
+    DEFER_TAPS_FIELD_NUMBER: _ClassVar[int]
     session: str
     committed_len: int
     draft_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -67,7 +70,38 @@ class VerifyItem(_message.Message):
     sampling: _common_pb2.SamplingParams
     position: int
     skip_taps: bool
-    def __init__(self, session: _Optional[str] = ..., committed_len: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., q: _Optional[_Union[_common_pb2.DraftDistribution, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., position: _Optional[int] = ..., skip_taps: _Optional[bool] = ...) -> None: ...
+    defer_taps: bool
+    def __init__(self, session: _Optional[str] = ..., committed_len: _Optional[int] = ..., draft_ids: _Optional[_Iterable[int]] = ..., q: _Optional[_Union[_common_pb2.DraftDistribution, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., position: _Optional[int] = ..., skip_taps: _Optional[bool] = ..., defer_taps: _Optional[bool] = ...) -> None: ...
+
+class TakeTapsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[TakeTapsItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[TakeTapsItem, _Mapping]]] = ...) -> None: ...
+
+class TakeTapsItem(_message.Message):
+    __slots__ = ("session", "committed_len")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_LEN_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    committed_len: int
+    def __init__(self, session: _Optional[str] = ..., committed_len: _Optional[int] = ...) -> None: ...
+
+class TakeTapsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TakeTapsResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TakeTapsResult, _Mapping]]] = ...) -> None: ...
+
+class TakeTapsResult(_message.Message):
+    __slots__ = ("session", "status", "taps")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TAPS_FIELD_NUMBER: _ClassVar[int]
+    session: str
+    status: _common_pb2.Status
+    taps: _common_pb2.Tensor
+    def __init__(self, session: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.Status, _Mapping]] = ..., taps: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("results",)

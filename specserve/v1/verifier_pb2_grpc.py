@@ -46,6 +46,11 @@ class VerifierStub:
                 request_serializer=specserve_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=specserve_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.TakeTaps = channel.unary_unary(
+                '/specserve.v1.Verifier/TakeTaps',
+                request_serializer=specserve_dot_v1_dot_verifier__pb2.TakeTapsRequest.SerializeToString,
+                response_deserializer=specserve_dot_v1_dot_verifier__pb2.TakeTapsResponse.FromString,
+                _registered_method=True)
         self.Close = channel.unary_unary(
                 '/specserve.v1.Verifier/Close',
                 request_serializer=specserve_dot_v1_dot_common__pb2.CloseSessionsRequest.SerializeToString,
@@ -88,6 +93,16 @@ class VerifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TakeTaps(self, request, context):
+        """Hand over the taps that a session's `defer_taps` calls held back, oldest position first, and
+        release them. A repeat of a session's previous TakeTaps is answered from the cache. Per-item
+        errors: NOT_FOUND (the session is not open here: a caller that re-opened it elsewhere lost them),
+        FAILED_PRECONDITION (stale `committed_len`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Close(self, request, context):
         """Drop sessions and free their KV cache. Unknown sessions are a no-op.
         """
@@ -122,6 +137,11 @@ def add_VerifierServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=specserve_dot_v1_dot_verifier__pb2.VerifyRequest.FromString,
                     response_serializer=specserve_dot_v1_dot_verifier__pb2.VerifyResponse.SerializeToString,
+            ),
+            'TakeTaps': grpc.unary_unary_rpc_method_handler(
+                    servicer.TakeTaps,
+                    request_deserializer=specserve_dot_v1_dot_verifier__pb2.TakeTapsRequest.FromString,
+                    response_serializer=specserve_dot_v1_dot_verifier__pb2.TakeTapsResponse.SerializeToString,
             ),
             'Close': grpc.unary_unary_rpc_method_handler(
                     servicer.Close,
@@ -194,6 +214,33 @@ class Verifier:
             '/specserve.v1.Verifier/Verify',
             specserve_dot_v1_dot_verifier__pb2.VerifyRequest.SerializeToString,
             specserve_dot_v1_dot_verifier__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TakeTaps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specserve.v1.Verifier/TakeTaps',
+            specserve_dot_v1_dot_verifier__pb2.TakeTapsRequest.SerializeToString,
+            specserve_dot_v1_dot_verifier__pb2.TakeTapsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@ from svc_helpers import SPS, VOCAB, verifier_server
 
 from services.common.codec import Code, sampling_to_proto, tensor_from_proto
 from specserve.decoding.sampling import SamplingParams
-from specserve.engine.verifier import LocalVerifier, OpenRequest
+from specserve.engine.verifier import LocalVerifier, OpenRequest, VerifyRequest
 from specserve.target.model import CausalLM
 from specserve.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 
@@ -81,6 +81,38 @@ def test_retry_is_idempotent_and_stale_calls_are_refused(start):
     assert codes([stale]) == ["FAILED_PRECONDITION"] and "stale" in stale.status.message
     different = verify_item("s", 4, [1])  # same committed_len, other content: not a retry
     assert codes(stub.Verify(verifier_pb2.VerifyRequest(items=[different])).results) == ["FAILED_PRECONDITION"]
+
+
+def test_held_taps_are_taken_once_idempotently_and_in_position_order(model, start):
+    """`defer_taps` holds a session's taps in the server; TakeTaps hands them over (the LocalVerifier's taps of every
+    position, oldest first), a repeated TakeTaps is answered from the cache, and a stale or unknown one is refused."""
+    stub = stub_for(start(verifier_server(model, tap_layers=(0, 2))))
+    local = LocalVerifier(CausalLM(model), tap_layers=(0, 2))
+    [opened] = local.open([OpenRequest("s", [3, 1, 4, 1, 5], SamplingParams(seed=0))])
+    opening = verifier_pb2.VerifierOpenRequest(items=[open_item("s", [3, 1, 4, 1, 5], defer_taps=True)])
+    [got] = stub.Open(opening).results
+    assert codes([got]) == ["OK"] and not got.HasField("taps")
+    item = verify_item("s", 6, [9, 2])
+    item.defer_taps = True
+    [verified] = stub.Verify(verifier_pb2.VerifyRequest(items=[item])).results
+    assert not verified.HasField("taps")
+    [expected] = local.verify([VerifyRequest("s", 6, [9, 2], None, SamplingParams(seed=0), position=1)])
+    assert list(verified.tokens) == expected.tokens
+    committed = 6 + len(expected.tokens)
+    take = verifier_pb2.TakeTapsRequest(items=[verifier_pb2.TakeTapsItem(session="s", committed_len=committed)])
+    [taken] = stub.TakeTaps(take).results
+    assert torch.equal(tensor_from_proto(taken.taps, "taps"), torch.cat([opened.taps, expected.taps]))
+    assert stub.TakeTaps(take).results[0] == taken  # a retry after a lost answer: the same taps
+    stale = verifier_pb2.TakeTapsItem(session="s", committed_len=committed - 1)
+    ghost = verifier_pb2.TakeTapsItem(session="ghost", committed_len=3)
+    refused = stub.TakeTaps(verifier_pb2.TakeTapsRequest(items=[stale, ghost])).results
+    assert codes(refused) == ["FAILED_PRECONDITION", "NOT_FOUND"] and "lost" in refused[1].status.message
+    plain = verify_item("s", committed, position=committed - 5)
+    plain.defer_taps = True
+    stub.Verify(verifier_pb2.VerifyRequest(items=[plain]))
+    [after] = stub.TakeTaps(verifier_pb2.TakeTapsRequest(items=[verifier_pb2.TakeTapsItem(
+        session="s", committed_len=committed + 1)])).results
+    assert tensor_from_proto(after.taps, "taps").shape == (1, 128), "taken taps are released: only the newest round's"
 
 
 def test_idle_sessions_are_evicted_after_their_lease(start):
