@@ -215,6 +215,8 @@ class SpecEngine:
             report = self.verifier.load()
             cap = self._costs.draft_cap(cap, report.sps, len(batch))
             drafters = self._costs.drafting_requests(report.sps, len(batch), cap, plain_sps=report.plain_sps)
+            if 0 < drafters < len(batch):  # a probe: a short draft, or the verify pads every other request to it
+                cap = min(cap, self._costs.probe_cap)
             load = self._costs.priced(report, len(batch), cap, drafters)
         fed = [r for r in batch if r.id in self._drafting] if drafters else []
         if drafters < len(batch):  # a probe drafts for a few requests: those with the least to catch up

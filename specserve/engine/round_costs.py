@@ -56,7 +56,8 @@ decoding is preferred drafts for a share of the round's requests only (`probe_sh
 measures (the drafts' survival, the drafter's cost per request and per slot, the verify's cost per token, the
 round's overhead at this load) does not need every request to draft, and a whole batch drafting cost the demo
 over gRPC at 8 requests 9 % of its plain throughput (a catch-up of every request's backlog, a verify of 4× the
-tokens). The same model prices the budgets of the round (`priced`):
+tokens), and it drafts `probe_cap` slots at most (the verify pads the round's other requests to its budget).
+The same model prices the budgets of the round (`priced`):
 Algorithm 1 sees the measured cost of a verified token, not the bare forward's (the fit's tokens count each
 padded slot at the verifier's `padding_cost`; the scheduler then fills padding that pays, see
 `PrefixScheduler`). Taking the whole gap
@@ -151,6 +152,9 @@ class RoundCosts:
     clear_probe_factor: int = 4
     # the share of a round's requests a probe of drafting drafts for (at least one), while plain decoding is preferred
     probe_share: float = 0.125
+    # ...and drafts at most `probe_cap` slots for them: the verify pads every other request of the round to the probe's
+    # longest budget, so a probe at 8 requests drafting γ = 7 verified 64 positions where a plain round verifies 8
+    probe_cap: int = 2
     # seconds a drafting round spends outside the verify and drafter calls, against the requests of the round
     overhead_drafting: LinearFit = field(default_factory=lambda: LinearFit(OVERHEAD_EMA))
     # seconds of a plain round beyond its profiled forward 1/SPS(R), against R (a constant until R varies); its cost
@@ -198,6 +202,8 @@ class RoundCosts:
                              f"{self.probe_every}, {self.max_probe_every}, {self.drafting_probe}")
         if not 0.0 < self.probe_share <= 1.0:
             raise ValueError(f"need 0 < probe_share <= 1, got {self.probe_share}")
+        if self.probe_cap < 1:
+            raise ValueError(f"need probe_cap >= 1, got {self.probe_cap}")
 
     def record(self, drafted: bool, wall_s: float, sps: dict[int, float], requests: int, tokens: int,
                committed: int, steady: bool = True, longest: int | None = None, verify_s: float | None = None,

@@ -370,6 +370,8 @@ def test_probe_settings_are_checked():
         RoundCosts(clear_probe_factor=0)
     with pytest.raises(ValueError, match="probe_share"):
         RoundCosts(probe_share=0.0)
+    with pytest.raises(ValueError, match="probe_cap"):
+        RoundCosts(probe_cap=0)
 
 
 def test_a_plain_round_is_priced_by_its_own_fit_in_which_a_stall_is_one_round_among_many():

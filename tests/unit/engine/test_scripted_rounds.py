@@ -1,5 +1,8 @@
-"""Deferred taps: the verifier holds back the taps of the prompt and of the rounds a request does not draft in, and
-the drafter still receives every committed position's taps, in order, when it next runs."""
+"""Rounds whose drafting requests are scripted (who drafts is otherwise the measured choice of `RoundCosts`).
+
+Deferred taps: the verifier holds back the taps of the prompt and of the rounds a request does not draft in, and
+the drafter still receives every committed position's taps, in order, when it next runs. Probes: a round in which
+only some requests draft drafts a short block for them."""
 
 import torch
 from reference_decoding import greedy_continuation
@@ -91,3 +94,18 @@ def test_plain_rounds_return_no_taps_and_a_drafting_round_returns_its_own():
         plain = script[n % len(script)] == 0
         for i, res in zip(items, results, strict=True):
             assert (i.want_taps, i.defer_taps, res.taps is None) == (True, plain, plain)
+
+
+def test_a_probe_drafts_at_most_probe_cap_slots_and_a_drafting_round_its_full_cap():
+    model = tiny_model("qwen3", vocab=64)
+    drafter = TapCheckingDrafter()
+    asked = []
+    propose = drafter.propose
+    drafter.propose = lambda batch: asked.append([r.max_tokens for r in batch]) or propose(batch)
+    script = [1, -1]  # a probe (one request drafts), then a round in which every request drafts
+    engine = scripted_engine(model, script, drafter)
+    requests = engine.generate(PROMPTS, SamplingParams(max_tokens=MAX_NEW, ignore_eos=True))
+    assert [r.output_ids for r in requests] == [greedy_continuation(model, p, MAX_NEW) for p in PROMPTS]
+    probes, full = asked[0::2], asked[1::2]
+    assert all(len(a) == 1 and a[0] <= engine._costs.probe_cap for a in probes)
+    assert max(max(a) for a in full) == 4 and all(len(a) == len(PROMPTS) for a in full[:3])
