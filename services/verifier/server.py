@@ -140,10 +140,14 @@ class VerifierServer(ModelServer):
                     results[i] = msg
         return verifier_pb2.VerifyResponse(results=results)
 
-    def _verify_request(self, item: verifier_pb2.VerifyItem, batch: set[str]) -> VerifyRequest:
+    def _held(self, item: verifier_pb2.VerifyItem | verifier_pb2.TakeTapsItem, batch: set[str] = frozenset(),
+              lost: str = "") -> int:
+        """The committed tokens the server holds of `item`'s session, which its `committed_len` must equal (the
+        lease renewed); NOT_FOUND (`lost` says what went with the session), INVALID_ARGUMENT for a session already in
+        `batch`, FAILED_PRECONDITION for a stale call."""
         if item.session not in self.sessions:
             raise ItemError(Code.NOT_FOUND, f"session {item.session!r} is not open here (never opened, closed, or "
-                                            f"evicted after {self.sessions.ttl_s:g}s idle)")
+                                            f"evicted after {self.sessions.ttl_s:g}s idle){lost}")
         if item.session in batch:
             raise ItemError(Code.INVALID_ARGUMENT, f"session {item.session!r} appears twice in one batch")
         self.sessions.touch(item.session)
@@ -151,6 +155,10 @@ class VerifierServer(ModelServer):
         if item.committed_len != held:
             raise ItemError(Code.FAILED_PRECONDITION, f"committed_len {item.committed_len} is stale: the verifier "
                                                       f"holds {held} committed tokens of {item.session!r}")
+        return held
+
+    def _verify_request(self, item: verifier_pb2.VerifyItem, batch: set[str]) -> VerifyRequest:
+        held = self._held(item, batch)
         drafts = check_ids(item.draft_ids, self.verifier.vocab_size, "draft_ids")
         if held + len(drafts) > self.verifier.max_context:
             raise ItemError(Code.OUT_OF_RANGE, f"draft_ids: {len(drafts)} drafts after {held} tokens exceed the "
@@ -177,14 +185,7 @@ class VerifierServer(ModelServer):
         return verifier_pb2.TakeTapsResponse(results=results)
 
     def _take_taps(self, item: verifier_pb2.TakeTapsItem) -> verifier_pb2.TakeTapsResult:
-        if item.session not in self.sessions:
-            raise ItemError(Code.NOT_FOUND, f"session {item.session!r} is not open here (never opened, closed, or "
-                                            f"evicted after {self.sessions.ttl_s:g}s idle): its held taps are lost")
-        self.sessions.touch(item.session)
-        held = self.target.length(item.session) + 1
-        if item.committed_len != held:
-            raise ItemError(Code.FAILED_PRECONDITION, f"committed_len {item.committed_len} is stale: the verifier "
-                                                      f"holds {held} committed tokens of {item.session!r}")
+        self._held(item, lost=": its held taps are lost")
         [taps] = self.verifier.take_taps([item.session])
         return verifier_pb2.TakeTapsResult(session=item.session, status=OK, taps=encode(taps))
 
