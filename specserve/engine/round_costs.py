@@ -5,9 +5,13 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 (a high load, a weak draft, a small model on a CPU), the best budget still loses to not drafting at all.
 `RoundCosts` measures
 
-- how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
-  rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
-  forward; c0 a fixed cost per call, such as an RPC),
+- how long a drafting round's verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over
+  recent drafting rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
+  forward; c0 a fixed cost per call, such as an RPC). Plain rounds' verifies do not feed it: 95 % of the rounds
+  under load, all at one x, they set the line's level, and the drafting verifies they priced (sessions of several
+  positions, whose attention and sampling cost more than the profile's layout says) came out 9-15 % too cheap (demo
+  over gRPC at 8 requests: 35.8 ms predicted, 39.5 measured; probes 29.1 against 34.3); fitted on drafting rounds
+  alone, 39.4 against 40.6 and 34.9 against 33.9,
 - the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and what a plain round
   takes beyond its profiled forward as another (below),
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that
@@ -161,8 +165,8 @@ class RoundCosts:
     # per request over the last ~500 plain rounds, which span loads that the last ~50 may not
     plain: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=0.0, keep_slope=True,
                                                                slope_decay=SLOPE_EMA))
-    # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
-    # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
+    # seconds of a drafting round's verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at
+    # first (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
                                                                 keep_slope=True))
     # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
@@ -227,7 +231,7 @@ class RoundCosts:
             return
         effective = tokens + padding_cost * padded
         forward = 1.0 / sps_at(sps, effective)
-        if verify_s is not None:
+        if verify_s is not None and drafted:  # a plain round's verify is priced with the rest of it (`plain`)
             self.verify.add(forward, verify_s)
         if drafted:
             self._drafting_rounds += 1
@@ -362,7 +366,8 @@ class RoundCosts:
         arrivals ramps the batch through the low loads, where drafting pays, and one choice for all loads flipped
         twice per burst and restarted its interval each time. At 16 streams over gRPC, where drafting clearly lost,
         a probe round then came every ~25 rounds (each a catch-up and a padded verify) and the engine ran at 0.89
-        of plain decoding's speed per user while drafting in 0.5 % of request-rounds (1.00 per load)."""
+        of plain decoding's speed per user while drafting in 0.5 % of request-rounds (1.00 per load). The counts toward
+        the next probe are shared where the estimates are (`_restart_counts`)."""
         self._probing = False
         if not sps:
             return True  # nothing to compare with: the policy alone decides
@@ -396,12 +401,23 @@ class RoundCosts:
         choice.preferred, choice.probed = preferred, False
         if choice.streak >= choice.interval:
             choice.streak = 0
+            self._restart_counts(preferred)
             self._probe_left = (1 if preferred else self.drafting_probe) - 1
             choice.probed = self._probe_left == 0
             self._probing = True
             return not preferred
         choice.streak += 1
         return preferred
+
+    def _restart_counts(self, preferred: bool) -> None:
+        """A probe of the other choice starts: every load that prefers the same, and was tried both ways, counts its
+        rounds afresh. The probe refreshes estimates all loads share (τ, survival, the drafter's and the verify's
+        costs); counted per load, a batch that alternates between two loads (a closed loop of 16 streams runs at 12-16
+        requests, two bins) probed twice as often. A load the other choice was never tried at keeps its count: its
+        costs there are a guess until its own probe."""
+        for load, choice in self._choices.items():
+            if choice is not self._choice and choice.preferred == preferred and load in self._tried[not preferred]:
+                choice.streak = 0
 
 
 def _plain_forward(sps: dict[int, float], plain_sps: dict[int, float] | None, requests: int) -> float:

@@ -151,6 +151,32 @@ def test_a_load_between_two_tried_loads_is_not_tried():
         "tried at 8, the preference is clear: the intervals double past max_probe_every (4, 8, 12 = 4 x 3 rounds)"
 
 
+def test_a_batch_alternating_between_two_loads_is_probed_as_one():
+    """Drafting clearly slower at 12 and at 16 requests (two bins, both tried): a probe at either restarts the other's
+    count, so the batch is probed about as often as at one load (independent counts probed at 12, 15, 40, 43, 68 and
+    71: six probes in 80 rounds, against three and a half)."""
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=3)
+    for requests in (12, 16):
+        feed(costs, drafting_s=0.050 * requests / 32, plain_s=0.020 * requests / 32 + 0.002, tau=1.6, verified=3,
+             requests=requests)
+    assert all(plain > 1.1 * drafting for drafting, plain in (costs.rates(SPS, 12), costs.rates(SPS, 16)))
+    loads = [12 if i % 2 else 16 for i in range(80)]
+    assert [i for i, r in enumerate(loads) if costs.drafting_requests(SPS, r)] == [12, 13, 27, 28, 53, 54, 79], \
+        "6 rounds at each load (2 x 3), then 12 and 24 counted at the load that probes (doubled, capped at 4 x 3)"
+
+
+def test_a_load_the_other_choice_was_never_tried_at_keeps_its_own_count():
+    """Alternating with a load whose probes restart the counts, a load where drafting was never tried is still probed
+    within probe_every rounds of its own (its costs there are a guess until then)."""
+    costs = RoundCosts(probe_every=2, max_probe_every=4, clear_probe_factor=1)
+    feed(costs, drafting_s=0.050, plain_s=0.020, tau=1.6, verified=3, requests=32)
+    for _ in range(3):
+        costs.record(False, 0.010, SPS, 8, tokens=8, committed=8)
+    loads = [8 if i % 2 else 32 for i in range(12)]
+    probes = [(i, r) for i, r in enumerate(loads) if costs.drafting_requests(SPS, r)]
+    assert probes[:4] == [(4, 32), (5, 8), (7, 8), (8, 32)], \
+        "a probe at 32 (2 rounds), then one at 8 at its 3rd decision (2 rounds), not restarted by 32's"
+
 def test_the_drafters_intake_of_arriving_prompts_is_priced_into_drafting():
     """Steady rounds: drafting 4 % faster than plain decoding (417 vs 400 tokens/s at 8 requests). But rounds that
     take in a backlog show the drafter's call growing by 0.1 ms per position taken in, and 1,000 prompt positions
@@ -246,8 +272,25 @@ def test_verify_time_is_fitted_and_the_rest_of_a_round_is_overhead():
     # rounds that all verify about as many tokens say nothing about the slope
     flat = RoundCosts()
     for _ in range(10):
-        flat.record(False, 0.01, SPS, 4, tokens=4, committed=4, verify_s=0.009)
-    assert flat.verify.coefficients() == (pytest.approx(0.009 - 1 / 180.0), 1.0)
+        flat.record(True, 0.02, SPS, 4, tokens=8, committed=8, verify_s=0.009)
+    assert flat.verify.coefficients() == (pytest.approx(0.009 - 1 / 150.0), 1.0)
+
+
+def test_the_verify_fit_prices_drafting_verifies_from_drafting_rounds_only():
+    """Under load nearly every round is plain, one token per request, and its verify takes 1 ms beyond the profiled
+    forward; a drafting round's verify of 4 positions per request takes 8 ms beyond. Fed by both, the fit took its
+    level from the plain rounds and priced the drafting verify far too cheap (the demo over gRPC at 8 requests, 9-15
+    % too cheap); a plain round's verify is priced with the rest of that round (`plain`)."""
+    costs = RoundCosts()
+    drafting_verify = 0.008 + 1 / sps_at(SPS, 32)
+    for i in range(400):
+        if i % 20 == 0:
+            costs.record(True, drafting_verify + 0.01, SPS, 8, tokens=32, committed=20, verify_s=drafting_verify)
+        else:
+            costs.record(False, 0.002 + 1 / sps_at(SPS, 8), SPS, 8, tokens=8, committed=8,
+                         verify_s=0.001 + 1 / sps_at(SPS, 8))
+    assert costs.verify(1 / sps_at(SPS, 32)) == pytest.approx(drafting_verify)
+    assert costs.plain_s(SPS, 8) == pytest.approx(0.002 + 1 / sps_at(SPS, 8))
 
 
 def test_overheads_follow_the_batch_size():
@@ -278,18 +321,18 @@ def test_linear_fit_forgets_old_samples():
     assert fit(4.0) == pytest.approx(1.0, abs=1e-6), "the old samples weigh nothing any more"
 
 
-def test_the_verify_fit_keeps_its_measured_slope_through_a_plain_stretch():
-    """A probe's drafting rounds measure what a verified token costs beyond the profiled forward (here 1.5 of it);
-    in the plain stretch after the probe those rounds decay away and x stops varying. The fit then keeps the slope
-    it measured, not the bare forward's, so a drafting round is not priced too cheap."""
+def test_the_verify_fit_keeps_its_measured_slope_through_a_stretch_at_one_size():
+    """Drafting rounds of two sizes measure what a verified token costs beyond the profiled forward (here 1.5 of it);
+    in a stretch of rounds of one size the others decay away and x stops varying. The fit then keeps the slope it
+    measured, not the bare forward's, so a larger drafting round is not priced too cheap."""
     kept, bare = LinearFit(decay=0.1, fallback_slope=1.0, keep_slope=True), LinearFit(decay=0.1, fallback_slope=1.0)
     for fit in (kept, bare):
-        for x in (0.006, 0.010) * 10:  # plain (forward 6 ms) and drafting rounds (10 ms): verify = 2 ms + 1.5·forward
+        for x in (0.006, 0.010) * 10:  # rounds whose forward takes 6 ms and 10 ms: verify = 2 ms + 1.5·forward
             fit.add(x, 0.002 + 1.5 * x)
         assert fit.coefficients() == pytest.approx((0.002, 1.5))
-        for _ in range(200):  # a plain stretch
+        for _ in range(200):  # a stretch at 6 ms
             fit.add(0.006, 0.011)
-    assert kept(0.010) == pytest.approx(0.017), "a drafting-sized verify keeps its measured cost"
+    assert kept(0.010) == pytest.approx(0.017), "a larger verify keeps its measured cost"
     assert kept(0.006) == pytest.approx(0.011) and bare(0.006) == pytest.approx(0.011)
     assert bare(0.010) == pytest.approx(0.015), "without it: the forward's slope, 2 ms too cheap"
 
