@@ -34,8 +34,8 @@ class LinearFit(_DecayedSums):
     tries one and measures it, where a pessimistic estimate would never be tested again.
 
     With `keep_slope`, a slope once measured replaces the fallback. The verify's slope is the verifier's cost per
-    token (transport, sampling), measured while drafting rounds of different sizes come; a long stretch of rounds
-    of one size (a steady load, or probes only) decays the others away. Falling back to the bare forward's slope
+    token (transport, sampling) and is measured by the few drafting rounds a probe brings between long plain
+    stretches; those decay away while x stays at the plain rounds' size. Falling back to the bare forward's slope
     then (the demo over gRPC at 8 requests: 1.0 where the drafting rounds had measured 1.5) priced drafting 10 %
     too cheap, and probes kept coming at the short interval of an unclear preference.
 

@@ -5,13 +5,13 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 (a high load, a weak draft, a small model on a CPU), the best budget still loses to not drafting at all.
 `RoundCosts` measures
 
-- how long a drafting round's verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over
-  recent drafting rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
-  forward; c0 a fixed cost per call, such as an RPC). Plain rounds' verifies do not feed it: 95 % of the rounds
-  under load, all at one x, they set the line's level, and the drafting verifies they priced (sessions of several
-  positions, whose attention and sampling cost more than the profile's layout says) came out 9-15 % too cheap (demo
-  over gRPC at 8 requests: 35.8 ms predicted, 39.5 measured; probes 29.1 against 34.3); fitted on drafting rounds
-  alone, 39.4 against 40.6 and 34.9 against 33.9,
+- how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
+  rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
+  forward; c0 a fixed cost per call, such as an RPC). Plain rounds feed it too, though under load they set its
+  level and a drafting verify comes out 9-15 % too cheap (demo over gRPC, 8 streams: 35.8 ms predicted, 39.5
+  measured). Fitted on drafting rounds alone it was right (39.4 vs 40.6), and the gateway over gRPC then drafted in
+  38 % of request-rounds at 8 streams, at a loss (0.94 of no speculation per user): at that tie what decides is the
+  drafting round's predicted tokens, a few % optimistic, which the cheap verify had happened to offset,
 - the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and what a plain round
   takes beyond its profiled forward as another (below),
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that
@@ -165,8 +165,8 @@ class RoundCosts:
     # per request over the last ~500 plain rounds, which span loads that the last ~50 may not
     plain: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=0.0, keep_slope=True,
                                                                slope_decay=SLOPE_EMA))
-    # seconds of a drafting round's verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at
-    # first (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
+    # seconds of the verify call against the profiled forward time 1/SPS(effective tokens); slope 1 at first
+    # (a token never costs less than half the profiled forward's: a lower fitted slope is noise)
     verify: LinearFit = field(default_factory=lambda: LinearFit(FIT_EMA, fallback_slope=1.0, min_slope=0.5,
                                                                 keep_slope=True))
     # seconds of the drafter's call against its requests and the slots it drafts, steady rounds
@@ -231,7 +231,7 @@ class RoundCosts:
             return
         effective = tokens + padding_cost * padded
         forward = 1.0 / sps_at(sps, effective)
-        if verify_s is not None and drafted:  # a plain round's verify is priced with the rest of it (`plain`)
+        if verify_s is not None:
             self.verify.add(forward, verify_s)
         if drafted:
             self._drafting_rounds += 1

@@ -272,25 +272,8 @@ def test_verify_time_is_fitted_and_the_rest_of_a_round_is_overhead():
     # rounds that all verify about as many tokens say nothing about the slope
     flat = RoundCosts()
     for _ in range(10):
-        flat.record(True, 0.02, SPS, 4, tokens=8, committed=8, verify_s=0.009)
-    assert flat.verify.coefficients() == (pytest.approx(0.009 - 1 / 150.0), 1.0)
-
-
-def test_the_verify_fit_prices_drafting_verifies_from_drafting_rounds_only():
-    """Under load nearly every round is plain, one token per request, and its verify takes 1 ms beyond the profiled
-    forward; a drafting round's verify of 4 positions per request takes 8 ms beyond. Fed by both, the fit took its
-    level from the plain rounds and priced the drafting verify far too cheap (the demo over gRPC at 8 requests, 9-15
-    % too cheap); a plain round's verify is priced with the rest of that round (`plain`)."""
-    costs = RoundCosts()
-    drafting_verify = 0.008 + 1 / sps_at(SPS, 32)
-    for i in range(400):
-        if i % 20 == 0:
-            costs.record(True, drafting_verify + 0.01, SPS, 8, tokens=32, committed=20, verify_s=drafting_verify)
-        else:
-            costs.record(False, 0.002 + 1 / sps_at(SPS, 8), SPS, 8, tokens=8, committed=8,
-                         verify_s=0.001 + 1 / sps_at(SPS, 8))
-    assert costs.verify(1 / sps_at(SPS, 32)) == pytest.approx(drafting_verify)
-    assert costs.plain_s(SPS, 8) == pytest.approx(0.002 + 1 / sps_at(SPS, 8))
+        flat.record(False, 0.01, SPS, 4, tokens=4, committed=4, verify_s=0.009)
+    assert flat.verify.coefficients() == (pytest.approx(0.009 - 1 / 180.0), 1.0)
 
 
 def test_overheads_follow_the_batch_size():
@@ -321,18 +304,18 @@ def test_linear_fit_forgets_old_samples():
     assert fit(4.0) == pytest.approx(1.0, abs=1e-6), "the old samples weigh nothing any more"
 
 
-def test_the_verify_fit_keeps_its_measured_slope_through_a_stretch_at_one_size():
-    """Drafting rounds of two sizes measure what a verified token costs beyond the profiled forward (here 1.5 of it);
-    in a stretch of rounds of one size the others decay away and x stops varying. The fit then keeps the slope it
-    measured, not the bare forward's, so a larger drafting round is not priced too cheap."""
+def test_the_verify_fit_keeps_its_measured_slope_through_a_plain_stretch():
+    """A probe's drafting rounds measure what a verified token costs beyond the profiled forward (here 1.5 of it);
+    in the plain stretch after the probe those rounds decay away and x stops varying. The fit then keeps the slope
+    it measured, not the bare forward's, so a drafting round is not priced too cheap."""
     kept, bare = LinearFit(decay=0.1, fallback_slope=1.0, keep_slope=True), LinearFit(decay=0.1, fallback_slope=1.0)
     for fit in (kept, bare):
-        for x in (0.006, 0.010) * 10:  # rounds whose forward takes 6 ms and 10 ms: verify = 2 ms + 1.5·forward
+        for x in (0.006, 0.010) * 10:  # plain (forward 6 ms) and drafting rounds (10 ms): verify = 2 ms + 1.5·forward
             fit.add(x, 0.002 + 1.5 * x)
         assert fit.coefficients() == pytest.approx((0.002, 1.5))
-        for _ in range(200):  # a stretch at 6 ms
+        for _ in range(200):  # a plain stretch
             fit.add(0.006, 0.011)
-    assert kept(0.010) == pytest.approx(0.017), "a larger verify keeps its measured cost"
+    assert kept(0.010) == pytest.approx(0.017), "a drafting-sized verify keeps its measured cost"
     assert kept(0.006) == pytest.approx(0.011) and bare(0.006) == pytest.approx(0.011)
     assert bare(0.010) == pytest.approx(0.015), "without it: the forward's slope, 2 ms too cheap"
 
