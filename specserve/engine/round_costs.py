@@ -7,11 +7,9 @@ already run by then: when drafting plus verification yields fewer tokens per sec
 
 - how long a verify takes against the profiled forward time 1/SPS(tokens): a fit c0 + m/SPS over recent
   rounds (m > 1 where the sampler, a ragged batch's padding or a transport cost per token beyond the
-  forward; c0 a fixed cost per call, such as an RPC). Plain rounds feed it too, though under load they set its
-  level and a drafting verify comes out 9-15 % too cheap (demo over gRPC, 8 streams: 35.8 ms predicted, 39.5
-  measured). Fitted on drafting rounds alone it was right (39.4 vs 40.6), and the gateway over gRPC then drafted in
-  38 % of request-rounds at 8 streams, at a loss (0.94 of no speculation per user): at that tie what decides is the
-  drafting round's predicted tokens, a few % optimistic, which the cheap verify had happened to offset,
+  forward; c0 a fixed cost per call, such as an RPC). Plain rounds feed it too: under load they set its level, and
+  a drafting verify comes out 9-15 % too cheap, which offsets the drafting round's few % optimistic tokens at a tie
+  (fitted on drafting rounds alone, the gRPC gateway drafted at a loss at 8 streams; docs/architecture.md),
 - the rest of a drafting round (scheduling, streaming) as a line in the round's requests R, and what a plain round
   takes beyond its profiled forward as another (below),
 - the drafter's call, as a fixed part per call plus parts per request and per drafted slot (the requests that

@@ -177,6 +177,7 @@ def test_a_load_the_other_choice_was_never_tried_at_keeps_its_own_count():
     assert probes[:4] == [(4, 32), (5, 8), (7, 8), (8, 32)], \
         "a probe at 32 (2 rounds), then one at 8 at its 3rd decision (2 rounds), not restarted by 32's"
 
+
 def test_the_drafters_intake_of_arriving_prompts_is_priced_into_drafting():
     """Steady rounds: drafting 4 % faster than plain decoding (417 vs 400 tokens/s at 8 requests). But rounds that
     take in a backlog show the drafter's call growing by 0.1 ms per position taken in, and 1,000 prompt positions
