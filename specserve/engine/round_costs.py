@@ -414,7 +414,7 @@ class RoundCosts:
         requests, two bins) probed twice as often. A load the other choice was never tried at keeps its count: its
         costs there are a guess until its own probe."""
         for load, choice in self._choices.items():
-            if choice is not self._choice and choice.preferred == preferred and load in self._tried[not preferred]:
+            if choice.preferred == preferred and load in self._tried[not preferred]:
                 choice.streak = 0
 
 
